@@ -1,0 +1,86 @@
+"""The one implicit-function-theorem rule shared by every equilibrium condition.
+
+If `y*(θ)` solves `F(y, θ) = 0` and `∂F/∂y` is invertible there, then
+
+    dy*/dθ = -(∂F/∂y)^{-1} ∂F/∂θ.
+
+We attach that as a custom JVP to the forward solve. Reverse mode then comes for
+free: JAX transposes the JVP, and Lineax transposes the linear solve, giving
+`u^T (∂F/∂y) = -w^T` (for a fixed point, `u^T = w^T + u^T ∂f/∂y`). Nothing from the
+forward iterations is kept: memory does not grow with the number of solver steps.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import lineax as lx
+from jaxtyping import PyTree
+
+
+def implicit_solve(
+    forward: Callable[[PyTree], tuple[PyTree, Any]],
+    residual: Callable[[PyTree, PyTree], PyTree],
+    inputs: PyTree,
+    linear_solver: lx.AbstractLinearSolver,
+    tags: frozenset[object] = frozenset(),
+) -> tuple[PyTree, Any]:
+    """Run `forward` and differentiate its output by the implicit function theorem.
+
+    **Arguments:**
+
+    - `forward`: `inputs -> (y, extra)`. Never differentiated; `extra` (results,
+        statistics) gets zero tangents.
+    - `residual`: `(y, inputs) -> F`, with the structure of `y`, zero at `y`.
+    - `inputs`: the PyTree differentiated through; its floating-point arrays get
+        tangents.
+    - `linear_solver`: the Lineax solver for `(∂F/∂y) v = -∂F/∂θ · t`. It must
+        support `transpose` for reverse mode.
+    - `tags`: Lineax tags describing `∂F/∂y` (e.g. `lineax.symmetric_tag`).
+
+    `forward` and `residual` must not close over JAX arrays: pass those in `inputs`
+    (see `AbstractEquilibrium.closure_convert`).
+
+    **Returns:**
+
+    `forward(inputs)`, with tangents attached to `y`.
+    """
+    return _implicit(forward, residual, inputs, linear_solver, tags)
+
+
+@eqx.filter_custom_jvp
+def _implicit(forward, residual, inputs, linear_solver, tags):
+    del residual, linear_solver, tags
+    return forward(inputs)
+
+
+@_implicit.def_jvp
+def _implicit_jvp(primals, tangents):
+    forward, residual, inputs, linear_solver, tags = primals
+    t_inputs = tangents[2]
+    y, extra = forward(inputs)
+    diff_inputs, static_inputs = eqx.partition(inputs, eqx.is_inexact_array)
+    t_inputs = jtu.tree_map(
+        lambda p, t: None if p is None else (jnp.zeros_like(p) if t is None else t),
+        diff_inputs,
+        t_inputs,
+        is_leaf=lambda x: x is None,
+    )
+    t_inputs = eqx.filter(t_inputs, eqx.is_inexact_array)
+
+    def residual_of_inputs(d):
+        return residual(y, eqx.combine(d, static_inputs))
+
+    _, t_residual = jax.jvp(residual_of_inputs, (diff_inputs,), (t_inputs,))
+    operator = lx.FunctionLinearOperator(
+        jax.linearize(lambda z: residual(z, inputs), y)[1],
+        jax.eval_shape(lambda: y),
+        tags=tags,
+    )
+    rhs = jtu.tree_map(jnp.negative, t_residual)
+    t_y = lx.linear_solve(operator, rhs, linear_solver, throw=True).value
+    t_extra = jtu.tree_map(lambda _: None, extra)
+    return (y, extra), (t_y, t_extra)

@@ -1,0 +1,53 @@
+from typing import Any, Generic, TypeVar
+
+import equinox as eqx
+import optimistix as optx
+from jaxtyping import Array, PyTree
+
+
+_Y = TypeVar("_Y")
+_Aux = TypeVar("_Aux")
+
+
+# Extending Optimistix's enumeration keeps its members (and so Lineax's) valid here:
+# a result produced by an Optimistix solver can be compared against ours directly.
+class RESULTS(optx.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
+    """Outcome codes of `unimplicit.solve`, extending `optimistix.RESULTS`.
+
+    Compare a result against a member (`sol.result == unimplicit.RESULTS.successful`)
+    or turn it into its message with `unimplicit.RESULTS[sol.result]`. Under
+    `jax.vmap` a result holds one code per sample.
+    """
+
+    not_a_root = (
+        "The solver stopped at a point whose residual is not within tolerance: a "
+        "least-squares or minimisation backend can stop at a local minimum of the "
+        "residual norm that is not zero."
+    )
+    primal_infeasible = (
+        "The convex program is primal infeasible: no point satisfies the constraints."
+    )
+    dual_infeasible = (
+        "The convex program is dual infeasible: the objective is unbounded below."
+    )
+    linear_solve_failed = "The linear solve inside the solver failed."
+
+
+class Solution(eqx.Module, Generic[_Y, _Aux]):
+    """The output of [`unimplicit.solve`][].
+
+    **Attributes:**
+
+    - `value`: the solution `y`, with the structure of the condition's state.
+    - `result`: a [`unimplicit.RESULTS`][] member (one per sample under `jax.vmap`).
+    - `stats`: a dictionary of diagnostics. Equilibrium solves hold `num_steps`,
+        `max_steps`, `residual_norm` (the two-norm of the residual at `value`) and
+        `relative_residual` (that norm divided by the norm of `value`), and
+        `residual_trace` when a trace was requested through `options`.
+    - `aux`: auxiliary data from the backend, or `None`.
+    """
+
+    value: _Y
+    result: RESULTS
+    stats: dict[str, PyTree[Array]]
+    aux: Any

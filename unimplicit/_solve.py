@@ -1,0 +1,146 @@
+from typing import Any
+
+import jax
+import numpy as np
+from jaxtyping import PyTree
+
+from ._adjoint import AbstractAdjoint, ImplicitAdjoint
+from ._backend import AbstractBackend
+from ._condition import AbstractCondition, AbstractEquilibrium
+from ._iterate import is_optimistix_solver, OptimistixBackend
+from ._solution import RESULTS, Solution
+
+
+def _as_backend(backend: Any) -> AbstractBackend:
+    if isinstance(backend, AbstractBackend):
+        return backend
+    if is_optimistix_solver(backend):
+        return OptimistixBackend(backend)
+    raise TypeError(
+        "`backend` must be an Optimistix solver (e.g. `optimistix.Newton(rtol, atol)`) "
+        f"or an `unimplicit.AbstractBackend`, not {type(backend).__name__}."
+    )
+
+
+def _backend_name(backend: AbstractBackend) -> str:
+    if isinstance(backend, OptimistixBackend):
+        return type(backend.solver).__name__
+    return type(backend).__name__
+
+
+def _report_failure(result, residual, steps, max_steps):
+    # Runs on the host with concrete values, so the message can name them.
+    result = np.asarray(result)
+    failed = result != RESULTS.successful._value
+    if not failed.any():
+        return
+    index = np.argmax(failed.reshape(-1))
+    code = int(result.reshape(-1)[index])
+    detail = []
+    if residual is not None:
+        detail.append(
+            f"residual norm {float(np.asarray(residual).reshape(-1)[index]):.3e}"
+        )
+    if steps is not None:
+        detail.append(
+            f"after {int(np.asarray(steps).reshape(-1)[index])} steps "
+            f"(max_steps={max_steps})"
+        )
+    where = ""
+    if result.size > 1:
+        where = (
+            f" ({int(failed.sum())} of {result.size} samples failed; first: #{index})"
+        )
+    raise RuntimeError(
+        f"unimplicit.solve did not succeed{where}: {', '.join(detail)}. "
+        f"{RESULTS._index_to_message[code]} Pass `throw=False` to get the value "
+        "and inspect `Solution.result` instead."
+    )
+
+
+def solve(
+    condition: AbstractCondition,
+    backend: Any,
+    args: PyTree = None,
+    *,
+    y0: PyTree = None,
+    adjoint: Any = None,
+    max_steps: int = 256,
+    throw: bool = True,
+    options: dict[str, Any] | None = None,
+) -> Solution:
+    """Find the output `y` of an implicit layer and make it differentiable.
+
+    **Arguments:**
+
+    - `condition`: what `y` satisfies, e.g. [`unimplicit.FixedPoint`][] or
+        [`unimplicit.Root`][].
+    - `backend`: how to find `y`: any Optimistix root finder, fixed-point solver,
+        least-squares solver or minimiser, or an [`unimplicit.AbstractBackend`][]
+        such as [`unimplicit.Anderson`][]-like solvers or `unimplicit.Diffrax`.
+    - `args`: the inputs of the condition (differentiated).
+    - `y0`: the initial guess (or initial state of a flow).
+    - `adjoint`: how to differentiate: [`unimplicit.ImplicitAdjoint`][] (the
+        default for equilibria), [`unimplicit.UnrolledAdjoint`][],
+        [`unimplicit.PhantomAdjoint`][]; for ODE/SDE flows, a Diffrax adjoint.
+    - `max_steps`: a positive bound on the number of solver steps.
+    - `throw`: if `True`, a failed solve raises an error naming the residual
+        reached and the steps taken. If `False`, the value is returned and the
+        failure is reported in `Solution.result` (per sample under `jax.vmap`).
+    - `options`: run-time options for the backend; e.g. `{"trace": k}` records the
+        residual norm of the first `k` iterates of an Optimistix-protocol solver.
+
+    **Returns:**
+
+    A [`unimplicit.Solution`][].
+    """
+    if not isinstance(condition, AbstractCondition):
+        raise TypeError(
+            "`condition` must be an unimplicit condition such as `FixedPoint(fn)` or "
+            f"`Root(fn)`, not {type(condition).__name__}."
+        )
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int):
+        raise TypeError(f"`max_steps` must be a positive int, not {max_steps!r}.")
+    if max_steps <= 0:
+        raise ValueError(f"`max_steps` must be a positive int, got {max_steps}.")
+    backend = _as_backend(backend)
+    if not backend.supports(condition):
+        raise ValueError(
+            f"The backend {_backend_name(backend)} cannot solve a "
+            f"{type(condition).__name__} condition. Backends that can: "
+            f"{condition.backend_hint()}."
+        )
+    options = {} if options is None else dict(options)
+    if isinstance(condition, AbstractEquilibrium):
+        if adjoint is None:
+            adjoint = ImplicitAdjoint()
+        if not isinstance(adjoint, AbstractAdjoint):
+            raise TypeError(
+                f"A {type(condition).__name__} condition is differentiated by an "
+                "unimplicit adjoint (ImplicitAdjoint, UnrolledAdjoint, "
+                f"PhantomAdjoint), not {type(adjoint).__name__}."
+            )
+        y0 = condition.init(y0, args)
+        value, result, stats, aux = adjoint.apply(
+            backend, condition, y0, args, max_steps=max_steps, options=options
+        )
+    else:
+        # Flows are differentiated by their backend (Diffrax's adjoints), so the
+        # adjoint travels to it as an option.
+        value, result, stats, aux = backend.forward(
+            condition,
+            y0,
+            args,
+            max_steps=max_steps,
+            options={**options, "adjoint": adjoint},
+            differentiable=True,
+        )
+    if throw:
+        jax.debug.callback(
+            _report_failure,
+            result._value,
+            stats.get("residual_norm"),
+            stats.get("num_steps"),
+            max_steps,
+        )
+    return Solution(value=value, result=result, stats=stats, aux=aux)
