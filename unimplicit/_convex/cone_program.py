@@ -1,0 +1,151 @@
+"""The cone-program condition: data, primal-dual state and optimality residual."""
+
+import equinox as eqx
+import jax.numpy as jnp
+import lineax as lx
+from jaxtyping import Array, Float, PyTree
+
+from .._condition import AbstractEquilibrium
+from .cones import Cones
+
+
+class ConeData(eqx.Module):
+    """The data of the cone program `min 1/2 x^T P x + q^T x  s.t.  A x + s = b, s ∈ K`.
+
+    This is cvxpy's and SCS's convention. The dual `y` lies in the dual cone `K*`
+    and satisfies `P x + q + A^T y = 0`. All arrays are dense; build one per sample
+    and `jax.vmap` for a batch. The cone `K` is given separately, by
+    [`unimplicit.Cones`][] in [`unimplicit.ConeProgram`][].
+
+    **Arguments:**
+
+    - `P`: `(n, n)` positive semidefinite (zeros for a linear program). Only its
+        symmetric part `(P + P^T) / 2` is used.
+    - `q`: `(n,)` linear cost.
+    - `A`: `(m, n)` constraint matrix, rows ordered as the cones.
+    - `b`: `(m,)` right-hand side.
+    """
+
+    P: Float[Array, "n n"]
+    q: Float[Array, " n"]
+    A: Float[Array, "m n"]
+    b: Float[Array, " m"]
+
+
+class PrimalDual(eqx.Module):
+    """A primal-dual point of a cone program: the state of [`unimplicit.ConeProgram`][].
+
+    **Attributes:**
+
+    - `x`: `(n,)` primal variable.
+    - `y`: `(m,)` dual variable (one multiplier per row of `A`).
+    - `s`: `(m,)` primal slack `b - A x`.
+    """
+
+    x: Float[Array, " n"]
+    y: Float[Array, " m"]
+    s: Float[Array, " m"]
+
+
+def _symmetric(P: Array) -> Array:
+    return (P + P.T) / 2
+
+
+def complementarity(cones: Cones, s: Array, y: Array, mu: float | Array = 0.0):
+    """The complementarity residual: `s` on equality rows, `s∘y - mu e` elsewhere."""
+    parts = [s[: cones.zero]]
+    start = cones.zero
+    for cone in cones.blocks():
+        stop = start + cone.dim
+        prod = cone.product(s[start:stop], y[start:stop])
+        parts.append(prod - mu * cone.unit(prod.dtype))
+        start = stop
+    return jnp.concatenate(parts)
+
+
+def _check_data(cones: Cones, data: ConeData) -> None:
+    if not isinstance(data, ConeData):
+        raise TypeError(
+            f"ConeProgram expects `args` to be a `ConeData`, not {type(data).__name__}."
+        )
+    P, q, A, b = (jnp.asarray(a) for a in (data.P, data.q, data.A, data.b))
+    if q.ndim != 1:
+        raise ValueError(f"ConeData: `q` must have shape (n,), got {q.shape}.")
+    n, m = q.shape[0], cones.dim
+    for name, arr, shape in (("P", P, (n, n)), ("A", A, (m, n)), ("b", b, (m,))):
+        if arr.shape != shape:
+            raise ValueError(
+                f"ConeData: `{name}` must have shape {shape} (n={n} from `q`, m={m} "
+                f"rows from {cones}), got {arr.shape}. Batch with `jax.vmap`."
+            )
+    dtypes = {a.dtype for a in (P, q, A, b)}
+    if len(dtypes) != 1 or not jnp.issubdtype(q.dtype, jnp.floating):
+        raise TypeError(
+            f"ConeData: P, q, A, b must share one floating dtype, got "
+            f"{[str(a.dtype) for a in (P, q, A, b)]}."
+        )
+
+
+class ConeProgram(AbstractEquilibrium):
+    """The condition "`y` is a primal-dual solution of a cone program".
+
+    Its `args` are a [`unimplicit.ConeData`][] and its state is a
+    [`unimplicit.PrimalDual`][] `(x, y, s)`. The residual stacks the optimality
+    conditions,
+
+    - stationarity `P x + q + A^T y`,
+    - primal feasibility `A x + s - b`,
+    - complementarity `s∘y - mu e` (the Jordan product; `s` itself on equality rows),
+
+    so the implicit-function theorem differentiates the solution with respect to
+    `P, q, A, b` (nondegenerate, strictly complementary solutions have an invertible
+    Jacobian). Solve it with [`unimplicit.InteriorPoint`][].
+
+    **Arguments:**
+
+    - `cones`: the [`unimplicit.Cones`][] of the rows of `A`.
+    - `smoothing`: `mu >= 0`. With `mu > 0` the solver returns, and gradients are
+        taken at, the central-path point `s∘y = mu e` instead of the optimum: a
+        slightly relaxed solution (within about `mu` of it) whose derivatives are
+        smooth even where the active set is degenerate.
+    """
+
+    cones: Cones
+    smoothing: float = eqx.field(static=True, default=0.0)
+
+    def __check_init__(self):
+        if not isinstance(self.cones, Cones):
+            raise TypeError(f"`cones` must be a `Cones`, not {type(self.cones)}.")
+        if not self.smoothing >= 0:
+            raise ValueError(f"`smoothing` must be >= 0, got {self.smoothing}.")
+
+    def residual(self, y: PrimalDual, args: ConeData) -> PrimalDual:
+        data = args
+        dual = _symmetric(data.P) @ y.x + data.q + data.A.T @ y.y
+        primal = data.A @ y.x + y.s - data.b
+        comp = complementarity(self.cones, y.s, y.y, self.smoothing)
+        return PrimalDual(dual, primal, comp)
+
+    def init(self, y0: PrimalDual | None, args: ConeData) -> PrimalDual:
+        _check_data(self.cones, args)
+        n, m = args.q.shape[0], self.cones.dim
+        dtype = jnp.asarray(args.q).dtype
+        if y0 is None:
+            zero_m = jnp.zeros(m, dtype)
+            return PrimalDual(jnp.zeros(n, dtype), zero_m, zero_m)
+        if not isinstance(y0, PrimalDual):
+            raise TypeError(f"`y0` must be a `PrimalDual`, not {type(y0).__name__}.")
+        for name, shape in (("x", (n,)), ("y", (m,)), ("s", (m,))):
+            got = jnp.shape(getattr(y0, name))
+            if got != shape:
+                raise ValueError(f"`y0.{name}` must have shape {shape}, got {got}.")
+        return PrimalDual(*(jnp.asarray(a, dtype) for a in (y0.x, y0.y, y0.s)))
+
+    def closure_convert(self, y0: PyTree, args: PyTree) -> "ConeProgram":
+        return self
+
+    def default_linear_solver(self, y: PyTree) -> lx.AbstractLinearSolver:
+        return lx.LU()
+
+    def backend_hint(self) -> str:
+        return "unimplicit.InteriorPoint"
