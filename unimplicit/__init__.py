@@ -27,3 +27,11 @@ from ._solve import solve as solve
 
 
 __version__ = importlib.metadata.version("unimplicit")
+
+# Flows (issue 4)
+from ._flow.diffrax_backend import Diffrax as Diffrax
+from ._flow.ode import ODE as ODE
+from ._flow.sde import SDE as SDE
+from ._layers.cnf import CNF as CNF
+from ._layers.neural_ode import NeuralODE as NeuralODE
+from ._layers.neural_sde import NeuralSDE as NeuralSDE

@@ -1,0 +1,175 @@
+from typing import Any
+
+import diffrax
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import PyTree
+
+from .._backend import AbstractBackend
+from .._condition import AbstractCondition, FixedPoint, Root
+from .._misc import tree_allfinite
+from .._solution import RESULTS
+from .ode import AbstractFlow
+from .results import from_diffrax
+from .steady_state import integrate_to_steady_state
+
+
+_DIFFRAX_ADJOINTS = (
+    "diffrax.RecursiveCheckpointAdjoint() (the default), "
+    "diffrax.BacksolveAdjoint(), diffrax.DirectAdjoint()"
+)
+
+
+def _flow_adjoint(options: dict[str, Any], condition: AbstractFlow):
+    adjoint = options.get("adjoint")
+    if adjoint is None:
+        return diffrax.RecursiveCheckpointAdjoint()
+    if not isinstance(adjoint, diffrax.AbstractAdjoint):
+        raise TypeError(
+            f"An {type(condition).__name__} condition is differentiated by a Diffrax "
+            f"adjoint ({_DIFFRAX_ADJOINTS}), not {type(adjoint).__name__}."
+        )
+    return adjoint
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    unknown = set(options) - {"adjoint"}
+    if unknown:
+        raise ValueError(
+            f"The Diffrax backend got unknown options {sorted(unknown)}; it accepts "
+            "none (the adjoint is passed as `adjoint=` to `unimplicit.solve`)."
+        )
+
+
+class Diffrax(AbstractBackend):
+    """Solve ODEs, SDEs and steady states with a Diffrax solver.
+
+    For [`unimplicit.ODE`][] and [`unimplicit.SDE`][] conditions this is one
+    `diffrax.diffeqsolve` call, differentiated by the Diffrax adjoint given to
+    [`unimplicit.solve`][] (`diffrax.RecursiveCheckpointAdjoint()` by default).
+
+    It also solves [`unimplicit.FixedPoint`][] conditions, by integrating
+    `dy/dt = fn(y, args) - y`, and [`unimplicit.Root`][] conditions, by
+    integrating `dy/dt = fn(y, args)`, from `y0` until Diffrax's steady-state event
+    fires (`‖dy/dt‖ < atol + rtol ‖y‖`). This finds stable steady states only: for a
+    `Root`, `fn` must be a stable flow near the root (its Jacobian's eigenvalues in
+    the left half-plane). The answer is differentiated like any equilibrium, by
+    [`unimplicit.ImplicitAdjoint`][] by default.
+
+    **Arguments:**
+
+    - `solver`: a Diffrax solver, e.g. `diffrax.Tsit5()`, or `diffrax.Euler()` for
+        SDEs.
+    - `dt0`: the magnitude of the initial step size (positive; its sign follows the
+        direction of integration). `None` lets an adaptive controller choose it.
+    - `stepsize_controller`: a Diffrax step-size controller.
+    - `progress_meter`: a Diffrax progress meter, e.g.
+        `diffrax.TqdmProgressMeter()`.
+    - `steady_state_rtol`, `steady_state_atol`: the tolerances of the steady-state
+        event (in the controller's norm); `None` uses those of an adaptive
+        `stepsize_controller`.
+    """
+
+    solver: diffrax.AbstractSolver = diffrax.Tsit5()
+    dt0: float | None = None
+    stepsize_controller: diffrax.AbstractStepSizeController = diffrax.PIDController(
+        rtol=1e-3, atol=1e-6
+    )
+    progress_meter: diffrax.AbstractProgressMeter = diffrax.NoProgressMeter()
+    steady_state_rtol: float | None = None
+    steady_state_atol: float | None = None
+
+    def __check_init__(self):
+        if not isinstance(self.solver, diffrax.AbstractSolver):
+            raise TypeError(
+                "`solver` must be a Diffrax solver such as `diffrax.Tsit5()`, not "
+                f"{type(self.solver).__name__}."
+            )
+        if self.dt0 is not None and not self.dt0 > 0:
+            raise ValueError(
+                f"`dt0` is a step size magnitude and must be positive, got {self.dt0}"
+                "; integration backwards in time (t1 < t0) is handled automatically."
+            )
+        if self.dt0 is None and not isinstance(
+            self.stepsize_controller, diffrax.AbstractAdaptiveStepSizeController
+        ):
+            raise ValueError(
+                "A constant step size (a non-adaptive `stepsize_controller`) needs "
+                "`dt0`; pass `Diffrax(solver, dt0=...)`."
+            )
+
+    def supports(self, condition: AbstractCondition) -> bool:
+        return isinstance(condition, (AbstractFlow, FixedPoint, Root))
+
+    def forward(
+        self,
+        condition: AbstractCondition,
+        y0: PyTree,
+        args: PyTree,
+        *,
+        max_steps: int,
+        options: dict[str, Any],
+        differentiable: bool,
+    ) -> tuple[PyTree, RESULTS, dict[str, Any], Any]:
+        _check_options(options)
+        if isinstance(condition, (FixedPoint, Root)):
+            # Differentiable or not, the integration is the same: the implicit
+            # adjoint never differentiates it, and the unrolled adjoint goes through
+            # Diffrax's checkpointed loop.
+            del differentiable
+            return integrate_to_steady_state(
+                condition,
+                y0,
+                args,
+                solver=self.solver,
+                dt0=self.dt0,
+                stepsize_controller=self.stepsize_controller,
+                progress_meter=self.progress_meter,
+                rtol=self.steady_state_rtol,
+                atol=self.steady_state_atol,
+                max_steps=max_steps,
+            )
+        assert isinstance(condition, AbstractFlow)
+        adjoint = _flow_adjoint(options, condition)
+        y0 = condition.init(y0, args)
+        dt0 = self.dt0
+        if dt0 is not None:
+            dt0 = jnp.where(
+                jnp.asarray(condition.t1) >= jnp.asarray(condition.t0), dt0, -dt0
+            )
+        sol = diffrax.diffeqsolve(
+            condition.terms(y0),
+            self.solver,
+            condition.t0,
+            condition.t1,
+            dt0,
+            y0,
+            args,
+            saveat=condition.saveat,
+            stepsize_controller=self.stepsize_controller,
+            adjoint=adjoint,
+            max_steps=max_steps,
+            throw=False,
+            progress_meter=self.progress_meter,
+        )
+        result = from_diffrax(sol.result)
+        # A non-finite initial state makes every step fail its error estimate, so
+        # Diffrax would report max_steps; name the actual cause instead.
+        inputs_finite = tree_allfinite(eqx.filter((y0, args), eqx.is_inexact_array))
+        result = RESULTS.where(
+            inputs_finite,
+            result,
+            RESULTS.nonfinite,  # pyright: ignore[reportArgumentType]
+        )
+        result = RESULTS.where(
+            (result == RESULTS.successful) & jnp.invert(tree_allfinite(sol.ys)),
+            RESULTS.nonfinite,  # pyright: ignore[reportArgumentType]
+            result,
+        )
+        stats = {
+            "num_steps": sol.stats["num_steps"],
+            "num_accepted_steps": sol.stats["num_accepted_steps"],
+            "num_rejected_steps": sol.stats["num_rejected_steps"],
+            "max_steps": jnp.asarray(max_steps),
+        }
+        return sol.ys, result, stats, None
