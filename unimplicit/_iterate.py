@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
 import optimistix as optx
-from jaxtyping import Array, PyTree
+from jaxtyping import PyTree
 
 from ._backend import AbstractBackend
 from ._condition import AbstractCondition, FixedPoint, Root
@@ -69,7 +69,7 @@ class OptimistixBackend(AbstractBackend):
         max_steps: int,
         options: dict[str, Any],
         differentiable: bool,
-    ) -> tuple[PyTree, RESULTS, dict[str, PyTree[Array]], Any]:
+    ) -> tuple[PyTree, RESULTS, dict[str, Any], Any]:
         assert isinstance(condition, (FixedPoint, Root))
         solver = self.solver
         options = dict(options)
@@ -90,43 +90,43 @@ class OptimistixBackend(AbstractBackend):
 
         def cond_fun(carry):
             _, _, _, done, result, _ = carry
-            return jnp.invert(done) & (result == RESULTS.successful)
+            return jnp.invert(done) & (result == optx.RESULTS.successful)
 
         def body_fun(carry):
             y, step, dynamic, _, _, trace = carry
             state = eqx.combine(static_state, dynamic)
             new_y, new_state, _ = solver.step(fn, y, args, options, state, tags)
             done, result = solver.terminate(fn, new_y, args, options, new_state, tags)
-            result = RESULTS.promote(result)
-            result = RESULTS.where(
-                tree_allfinite(new_y),
-                result,
-                RESULTS.nonfinite,  # pyright: ignore[reportArgumentType]
+            result = optx.RESULTS.where(
+                tree_allfinite(new_y), result, optx.RESULTS.nonfinite
             )
             if trace_len > 0:
                 trace = trace.at[step + 1].set(residual_norm(new_y), mode="drop")
             new_dynamic, _ = eqx.partition(new_state, eqx.is_array)
             return new_y, step + 1, new_dynamic, done, result, trace
 
-        init_result = RESULTS.where(
+        # The loop speaks Optimistix's result type, which the solver's methods
+        # expect; it is promoted to ours once the solver is done.
+        init_result = optx.RESULTS.where(
             tree_allfinite((y0, args)),
-            RESULTS.successful,  # pyright: ignore[reportArgumentType]
-            RESULTS.nonfinite,  # pyright: ignore[reportArgumentType]
+            optx.RESULTS.successful,
+            optx.RESULTS.nonfinite,
         )
         carry = (y0, jnp.array(0), dynamic_state, jnp.array(False), init_result, trace)
         kind = "checkpointed" if differentiable else "lax"
         y, num_steps, dynamic, done, result, trace = eqxi.while_loop(
             cond_fun, body_fun, carry, max_steps=max_steps, kind=kind
         )
-        result = RESULTS.where(
-            (result == RESULTS.successful) & jnp.invert(done),
-            RESULTS.nonlinear_max_steps_reached,  # pyright: ignore[reportArgumentType]
+        result = optx.RESULTS.where(
+            (result == optx.RESULTS.successful) & jnp.invert(done),
+            optx.RESULTS.nonlinear_max_steps_reached,
             result,
         )
         state = eqx.combine(static_state, dynamic)
         y, _, solver_stats = solver.postprocess(
             fn, y, None, args, options, state, tags, result
         )
+        result = RESULTS.promote(result)
         rnorm = residual_norm(y)
         ynorm = tree_two_norm(y).astype(dtype)
         relative = rnorm / jnp.maximum(ynorm, jnp.finfo(dtype).tiny)

@@ -1,6 +1,8 @@
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import PyTree
 
@@ -26,6 +28,17 @@ def _backend_name(backend: AbstractBackend) -> str:
     if isinstance(backend, OptimistixBackend):
         return type(backend.solver).__name__
     return type(backend).__name__
+
+
+def _inexact_to_array(x: Any) -> Any:
+    # Python and NumPy floats in `args` become JAX arrays, so that they are traced
+    # (and differentiated) like any other input instead of being baked in as
+    # constants; ints and other leaves are left alone, as they may be static.
+    if isinstance(x, float | complex) or (
+        isinstance(x, np.ndarray | np.generic) and np.issubdtype(x.dtype, np.inexact)
+    ):
+        return jnp.asarray(x)
+    return x
 
 
 def _report_failure(result, residual, steps, max_steps):
@@ -120,6 +133,7 @@ def solve(
                 "unimplicit adjoint (ImplicitAdjoint, UnrolledAdjoint, "
                 f"PhantomAdjoint), not {type(adjoint).__name__}."
             )
+        args = jtu.tree_map(_inexact_to_array, args)
         y0 = condition.init(y0, args)
         value, result, stats, aux = adjoint.apply(
             backend, condition, y0, args, max_steps=max_steps, options=options

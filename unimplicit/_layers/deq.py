@@ -59,6 +59,10 @@ class DEQ(eqx.Module):
         throw: bool = True,
         state: PyTree | None = None,
     ):
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int):
+            raise TypeError(f"`max_steps` must be a positive int, not {max_steps!r}.")
+        if max_steps <= 0:
+            raise ValueError(f"`max_steps` must be a positive int, got {max_steps}.")
         self.cell = cell
         self.backend = _default_backend() if backend is None else backend
         self.adjoint = ImplicitAdjoint() if adjoint is None else adjoint

@@ -1,0 +1,124 @@
+"""Bad input gets a clear error, never a silent wrong answer."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import optimistix as optx
+import pytest
+
+import unimplicit as ui
+
+
+FPI = optx.FixedPointIteration(rtol=1e-8, atol=1e-8)
+AFFINE = ui.FixedPoint(lambda y, a: a * y + 1.0)  # converges iff |a| < 1
+
+
+def test_y0_structure_mismatch_names_both():
+    cond = ui.FixedPoint(lambda y, a: {"u": y, "v": y})
+    with pytest.raises(ValueError, match=r"`y0` has PyTree structure.*u.*v"):
+        ui.solve(cond, FPI, None, y0=jnp.zeros(2))
+
+
+def test_y0_shape_mismatch_names_both():
+    cond = ui.FixedPoint(lambda y, a: jnp.ones((3, 2)) @ y)
+    with pytest.raises(
+        ValueError, match=re.escape("float64[2]") + ".*" + re.escape("float64[3]")
+    ):
+        ui.solve(cond, FPI, None, y0=jnp.zeros(2))
+
+
+def test_y0_dtype_mismatch_names_both():
+    cond = ui.FixedPoint(lambda y, a: y.astype(jnp.float64) * a)
+    with pytest.raises(TypeError, match="float32.*float64"):
+        ui.solve(cond, FPI, jnp.array(0.5), y0=jnp.zeros(2, jnp.float32))
+
+
+def test_y0_missing_and_integer():
+    with pytest.raises(ValueError, match="needs an initial value"):
+        ui.solve(AFFINE, FPI, 0.5)
+    with pytest.raises(TypeError, match="floating-point"):
+        ui.solve(AFFINE, FPI, 0.5, y0=jnp.array(0))
+
+
+def test_nonconvergence_raises_naming_residual_and_steps():
+    solve = jax.jit(lambda a: ui.solve(AFFINE, FPI, a, y0=0.0, max_steps=10).value)
+    with pytest.raises(Exception, match=r"residual norm [0-9.e+]+, after 10 steps"):
+        jax.block_until_ready(solve(2.0))
+
+
+def test_nonconvergence_without_throw_returns_value_and_code():
+    sol = ui.solve(AFFINE, FPI, 2.0, y0=jnp.array(0.0), max_steps=10, throw=False)
+    assert sol.result == ui.RESULTS.nonlinear_max_steps_reached
+    assert float(sol.value) == 2.0**10 - 1  # the tenth iterate, returned as is
+    assert int(sol.stats["num_steps"]) == 10
+
+
+def test_vmap_failing_sample_leaves_others_alone():
+    run = jax.jit(
+        jax.vmap(lambda a: ui.solve(AFFINE, FPI, a, y0=jnp.array(0.0), throw=False))
+    )
+    both = run(jnp.array([0.5, 2.0, 0.25]))
+    alone = run(jnp.array([0.5, 0.25]))
+    assert list(both.result == ui.RESULTS.successful) == [True, False, True]
+    assert bool((both.result == ui.RESULTS.nonlinear_max_steps_reached)[1])
+    assert jnp.array_equal(both.value[jnp.array([0, 2])], alone.value)
+    assert jnp.array_equal(
+        both.stats["num_steps"][jnp.array([0, 2])], alone.stats["num_steps"]
+    )
+
+
+def test_nan_input_is_reported_nonfinite():
+    sol = ui.solve(AFFINE, FPI, jnp.nan, y0=jnp.array(0.0), throw=False)
+    assert sol.result == ui.RESULTS.nonfinite
+    with pytest.raises(Exception, match="Nonfinite"):
+        jax.block_until_ready(ui.solve(AFFINE, FPI, jnp.nan, y0=jnp.array(0.0)).value)
+
+
+@pytest.mark.parametrize("max_steps", [0, -3])
+def test_nonpositive_max_steps(max_steps):
+    with pytest.raises(ValueError, match="positive int"):
+        ui.solve(AFFINE, FPI, 0.5, y0=jnp.array(0.0), max_steps=max_steps)
+    with pytest.raises(ValueError, match="positive int"):
+        ui.DEQ(lambda z, x: z, max_steps=max_steps)
+
+
+def test_backend_that_cannot_solve_lists_those_that_can():
+    root = ui.Root(lambda y, a: y - a)
+    with pytest.raises(
+        ValueError, match="FixedPointIteration cannot solve a Root.*optimistix.Newton"
+    ):
+        ui.solve(root, FPI, 1.0, y0=jnp.array(0.0))
+    with pytest.raises(TypeError, match="must be an Optimistix solver"):
+        ui.solve(root, "newton", 1.0, y0=jnp.array(0.0))
+
+
+def test_wrong_adjoint_or_condition():
+    with pytest.raises(TypeError, match="unimplicit adjoint"):
+        ui.solve(AFFINE, FPI, 0.5, y0=jnp.array(0.0), adjoint=optx.ImplicitAdjoint())
+    with pytest.raises(TypeError, match="needs a FixedPoint"):
+        ui.solve(
+            ui.Root(lambda y, a: y - a),
+            optx.Newton(1e-8, 1e-8),
+            1.0,
+            y0=jnp.array(0.0),
+            adjoint=ui.PhantomAdjoint(),
+        )
+    with pytest.raises(TypeError, match="condition"):
+        ui.solve(lambda y, a: y, FPI, 1.0, y0=jnp.array(0.0))
+
+
+def test_least_squares_local_minimum_is_not_a_root():
+    # |y^2 + 1| has a minimum at 0 but no real root.
+    cond = ui.Root(lambda y, a: y**2 + a)
+    solver = optx.LevenbergMarquardt(rtol=1e-8, atol=1e-8)
+    sol = ui.solve(cond, solver, 1.0, y0=jnp.array(0.5), throw=False)
+    assert sol.result == ui.RESULTS.not_a_root
+    good = ui.solve(cond, solver, -4.0, y0=jnp.array(1.0))
+    assert jnp.allclose(good.value, 2.0)
+
+
+def test_deq_with_unknown_state_shape_errors_clearly():
+    deq = ui.DEQ(lambda z, x: z[:2])  # the state is not shaped like the input
+    with pytest.raises(ValueError, match="shapes"):
+        deq(jnp.ones(3))
