@@ -5,7 +5,7 @@ import equinox as eqx
 import jax
 import jax.tree_util as jtu
 import lineax as lx
-from jaxtyping import Array, PyTree
+from jaxtyping import PyTree
 
 from ._backend import AbstractBackend
 from ._condition import AbstractEquilibrium, FixedPoint
@@ -14,7 +14,7 @@ from ._misc import tree_stop_gradient
 from ._solution import RESULTS
 
 
-_Out = tuple[PyTree, RESULTS, dict[str, PyTree[Array]], Any]
+_Out = tuple[PyTree, RESULTS, dict[str, Any], Any]
 
 
 class AbstractAdjoint(eqx.Module):

@@ -2,7 +2,7 @@ import abc
 from typing import Any
 
 import equinox as eqx
-from jaxtyping import Array, PyTree
+from jaxtyping import PyTree
 
 from ._condition import AbstractCondition
 from ._solution import RESULTS
@@ -30,7 +30,7 @@ class AbstractBackend(eqx.Module):
         max_steps: int,
         options: dict[str, Any],
         differentiable: bool,
-    ) -> tuple[PyTree, RESULTS, dict[str, PyTree[Array]], Any]:
+    ) -> tuple[PyTree, RESULTS, dict[str, Any], Any]:
         """Find the output of `condition`.
 
         **Arguments:**

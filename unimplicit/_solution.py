@@ -2,7 +2,6 @@ from typing import Any, Generic, TypeVar
 
 import equinox as eqx
 import optimistix as optx
-from jaxtyping import Array, PyTree
 
 
 _Y = TypeVar("_Y")
@@ -49,5 +48,5 @@ class Solution(eqx.Module, Generic[_Y, _Aux]):
 
     value: _Y
     result: RESULTS
-    stats: dict[str, PyTree[Array]]
+    stats: dict[str, Any]
     aux: Any
