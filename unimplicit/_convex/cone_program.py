@@ -1,5 +1,7 @@
 """The cone-program condition: data, primal-dual state and optimality residual."""
 
+import abc
+
 import equinox as eqx
 import jax.numpy as jnp
 import lineax as lx
@@ -86,7 +88,25 @@ def _check_data(cones: Cones, data: ConeData) -> None:
         )
 
 
-class ConeProgram(AbstractEquilibrium):
+class AbstractConeCondition(AbstractEquilibrium):
+    """A condition that is, or maps its `args` to, a cone program.
+
+    [`unimplicit.InteriorPoint`][] solves any such condition: it asks for the cone
+    program and its data, and returns a [`unimplicit.PrimalDual`][] state. A
+    condition built on cvxpy (parameters mapped affinely to cone data) subclasses
+    this, with `residual(y, args) = cone_program().residual(y, cone_data(args))`.
+    """
+
+    @abc.abstractmethod
+    def cone_program(self) -> "ConeProgram":
+        """The cone program (cones and smoothing) to solve."""
+
+    @abc.abstractmethod
+    def cone_data(self, args: PyTree) -> ConeData:
+        """The program's data for the condition's `args`."""
+
+
+class ConeProgram(AbstractConeCondition):
     """The condition "`y` is a primal-dual solution of a cone program".
 
     Its `args` are a [`unimplicit.ConeData`][] and its state is a
@@ -143,6 +163,12 @@ class ConeProgram(AbstractEquilibrium):
 
     def closure_convert(self, y0: PyTree, args: PyTree) -> "ConeProgram":
         return self
+
+    def cone_program(self) -> "ConeProgram":
+        return self
+
+    def cone_data(self, args: ConeData) -> ConeData:
+        return args
 
     def default_linear_solver(self, y: PyTree) -> lx.AbstractLinearSolver:
         return lx.LU()

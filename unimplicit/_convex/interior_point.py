@@ -1,0 +1,453 @@
+"""A primal-dual interior-point method for cone programs, in pure JAX.
+
+The iteration works on the homogeneous self-dual embedding of
+`min 1/2 x^T P x + q^T x  s.t.  A x + s = b, s ∈ K` (as in ECOS and Clarabel):
+
+    P x + A^T y + q tau = 0,    A x + s - b tau = 0,
+    q^T x + b^T y + x^T P x / tau + kappa = 0,    (s, y) ∈ K × K*,  tau, kappa >= 0.
+
+Its solutions either have `tau > 0` (then `(x, y, s) / tau` is optimal) or
+`kappa > 0`, in which case `y` certifies primal infeasibility (`A^T y = 0`,
+`b^T y < 0`) or `x` dual infeasibility (`P x = 0`, `A x + s = 0`, `q^T x < 0`). Each
+step is a Mehrotra predictor-corrector step with Nesterov-Todd scaling; see `kkt.py`
+for the linear algebra. Under `jax.vmap` the loop runs until every sample stops,
+and samples that stopped are frozen, so each reports its own status.
+"""
+
+from typing import Any
+
+import equinox as eqx
+import equinox.internal as eqxi
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, PyTree
+
+from .._backend import AbstractBackend
+from .._condition import AbstractCondition
+from .._solution import RESULTS
+from . import kkt
+from .cone_program import AbstractConeCondition, ConeData, ConeProgram, PrimalDual
+
+
+# Internal status codes, mapped to RESULTS at the end.
+_RUNNING, _SOLVED, _PRIMAL_INF, _DUAL_INF, _NONFINITE, _STALLED = range(6)
+_STEP_FRACTION = 0.99
+
+
+class _Iterate(eqx.Module):
+    x: Array
+    y: Array
+    s: Array
+    tau: Array
+    kappa: Array
+
+
+class _Measure(eqx.Module):
+    rx: Array  # P x + A^T y + q tau
+    rp: Array  # A x + s - b tau
+    rtau: Array
+    Px: Array
+    status: Array
+    almost: Array  # optimal to the reduced tolerance sqrt(tol)
+
+
+def _inf_norm(v: Array) -> Array:
+    return jnp.max(jnp.abs(v), initial=0)
+
+
+def _default_tol(dtype: Any) -> tuple[float, float]:
+    if jnp.finfo(dtype).bits >= 64:
+        return 1e-8, 1e-8
+    return 1e-5, 1e-5
+
+
+class _Problem(eqx.Module):
+    P: Array
+    q: Array
+    A: Array
+    b: Array
+    blocks: tuple = eqx.field(static=True)
+    zero: int = eqx.field(static=True)
+    nu: int = eqx.field(static=True)
+    tol: float = eqx.field(static=True)
+    inf_tol: float = eqx.field(static=True)
+    reg: float = eqx.field(static=True)
+
+    def measure(self, it: _Iterate) -> _Measure:
+        P, q, A, b = self.P, self.q, self.A, self.b
+        Px = P @ it.x
+        Aty = A.T @ it.y
+        rx = Px + Aty + q * it.tau
+        Ax_s = A @ it.x + it.s
+        rp = Ax_s - b * it.tau
+        xPx = it.x @ Px
+        qx, by = q @ it.x, b @ it.y
+        rtau = qx + by + xPx / it.tau + it.kappa
+        # Optimality of the normalised point (x, y, s) / tau, relative to the data.
+        tau = it.tau
+        nx, ny, ns = (_inf_norm(v) / tau for v in (it.x, it.y, it.s))
+        pobj = (0.5 * xPx / tau + qx) / tau
+        dobj = (-0.5 * xPx / tau - by) / tau
+        pres = _inf_norm(rp) / tau / jnp.maximum(1, _inf_norm(b) + nx + ns)
+        dres = _inf_norm(rx) / tau / jnp.maximum(1, _inf_norm(q) + nx + ny)
+        gap = jnp.abs(pobj - dobj) / jnp.maximum(
+            1, jnp.minimum(jnp.abs(pobj), jnp.abs(dobj))
+        )
+        worst = jnp.maximum(jnp.maximum(pres, dres), gap)
+        solved = worst <= self.tol
+        # Certificates are scale-free, so test them on the unnormalised iterate.
+        itol = self.inf_tol
+        primal_inf = (by < 0) & (_inf_norm(Aty) <= -itol * by)
+        dual_inf = (
+            (qx < 0) & (_inf_norm(Px) <= -itol * qx) & (_inf_norm(Ax_s) <= -itol * qx)
+        )
+        finite = jnp.isfinite(rtau) & jnp.all(jnp.isfinite(rx)) & jnp.isfinite(tau)
+        status = jnp.where(
+            ~finite,
+            _NONFINITE,
+            jnp.where(
+                solved,
+                _SOLVED,
+                jnp.where(primal_inf, _PRIMAL_INF, jnp.where(dual_inf, _DUAL_INF, 0)),
+            ),
+        )
+        return _Measure(rx, rp, rtau, Px, status, worst <= self.tol**0.5)
+
+    def split(self, v):
+        return v[: self.zero], v[self.zero :]
+
+    def unit(self, dtype):
+        return kkt.blockwise(
+            self.blocks, lambda c, v: c.unit(dtype), self.b[self.zero :]
+        )
+
+    def product(self, u, v):
+        return kkt.blockwise(self.blocks, lambda c, a, b: c.product(a, b), u, v)
+
+    def divide(self, u, v):
+        return kkt.blockwise(self.blocks, lambda c, a, b: c.divide(a, b), u, v)
+
+    def max_step(self, u, du):
+        return kkt.blockwise_min(self.blocks, lambda c, a, b: c.max_step(a, b), u, du)
+
+    def margin(self, u):
+        return kkt.blockwise_min(self.blocks, lambda c, a: c.margin(a), u)
+
+    def interior(self, it: _Iterate) -> Array:
+        return (
+            (self.margin(self.split(it.s)[1]) > 0)
+            & (self.margin(self.split(it.y)[1]) > 0)
+            & (it.tau > 0)
+            & (it.kappa > 0)
+        )
+
+    def scalings(self, s, y):
+        out, start = [], 0
+        for cone in self.blocks:
+            stop = start + cone.dim
+            out.append(cone.scaling(s[start:stop], y[start:stop]))
+            start = stop
+        return tuple(out)
+
+    def factorise(self, scalings):
+        E, G = self.split(self.A)
+        return kkt.factorise(self.P, E, G, self.blocks, scalings, self.reg)
+
+
+def _initial_point(pb: _Problem) -> _Iterate:
+    # The least-squares-like point of CVXOPT: solve with W = I, then shift s and y
+    # into the interior along the identity.
+    dtype = pb.q.dtype
+    e = pb.unit(dtype)
+    f = pb.factorise(pb.scalings(e, e))
+    x, y = kkt.solve(f, -pb.q, pb.b)
+    y_e, y_c = pb.split(y)
+    s_c = -y_c
+    shift_s = -pb.margin(s_c)
+    shift_y = -pb.margin(y_c)
+    s_c = jnp.where(shift_s >= 0, s_c + (1 + shift_s) * e, s_c)
+    y_c = jnp.where(shift_y >= 0, y_c + (1 + shift_y) * e, y_c)
+    s = jnp.concatenate([jnp.zeros_like(y_e), s_c])
+    y = jnp.concatenate([y_e, y_c])
+    one = jnp.ones((), dtype)
+    return _Iterate(x, y, s, one, one)
+
+
+def _step(pb: _Problem, it: _Iterate, ms: _Measure) -> _Iterate:
+    """One Mehrotra predictor-corrector step on the embedding."""
+    zero = pb.zero
+    tau, kappa = it.tau, it.kappa
+    _, s_c = pb.split(it.s)
+    _, y_c = pb.split(it.y)
+    w = pb.scalings(s_c, y_c)
+    lam = kkt.scale(pb.blocks, w, y_c)
+    f = pb.factorise(w)
+    mu = (s_c @ y_c + tau * kappa) / (pb.nu + 1)
+
+    # Direction = (x1, y1) + dtau (x2, y2); the second part does not change within
+    # the step, so solve it together with the predictor.
+    pad = jnp.zeros((zero,), s_c.dtype)
+    rhs_p_aff = -ms.rp + jnp.concatenate([pad, s_c])
+    X, Y = kkt.solve(f, jnp.stack([-ms.rx, -pb.q], 1), jnp.stack([rhs_p_aff, pb.b], 1))
+    x2, y2 = X[:, 1], Y[:, 1]
+    c = pb.q + 2 * ms.Px / tau
+    den = c @ x2 + pb.b @ y2 - (it.x @ ms.Px) / tau**2 - kappa / tau
+
+    def assemble(x1, y1, v, eta, d_tk):
+        dtau = (-eta * ms.rtau - c @ x1 - pb.b @ y1 - d_tk / tau) / den
+        dx, dy = x1 + dtau * x2, y1 + dtau * y2
+        dy_c = dy[zero:]
+        ds_c = kkt.scale(pb.blocks, w, v - kkt.scale(pb.blocks, w, dy_c))
+        dkappa = (d_tk - kappa * dtau) / tau
+        return dx, dy, ds_c, dtau, dkappa
+
+    def max_step(dy, ds_c, dtau, dkappa):
+        a = jnp.minimum(pb.max_step(s_c, ds_c), pb.max_step(y_c, dy[zero:]))
+        for u, du in ((tau, dtau), (kappa, dkappa)):
+            a = jnp.minimum(
+                a, jnp.where(du < 0, -u / jnp.where(du < 0, du, -1), jnp.inf)
+            )
+        return a
+
+    # Predictor (affine scaling).
+    aff = assemble(X[:, 0], Y[:, 0], -lam, 1.0, -tau * kappa)
+    dx_a, dy_a, ds_a, dtau_a, dkappa_a = aff
+    alpha_a = jnp.minimum(1, max_step(dy_a, ds_a, dtau_a, dkappa_a))
+    sigma = (1 - alpha_a) ** 3
+
+    # Corrector: centring plus Mehrotra's second-order term.
+    e = pb.unit(s_c.dtype)
+    corr = pb.product(
+        kkt.unscale(pb.blocks, w, ds_a), kkt.scale(pb.blocks, w, dy_a[zero:])
+    )
+    d_c = -pb.product(lam, lam) + sigma * mu * e - corr
+    v = pb.divide(lam, d_c)
+    eta = 1 - sigma
+    rhs_p = -eta * ms.rp - jnp.concatenate([pad, kkt.scale(pb.blocks, w, v)])
+    x1, y1 = kkt.solve(f, -eta * ms.rx, rhs_p)
+    d_tk = -tau * kappa + sigma * mu - dtau_a * dkappa_a
+    dx, dy, ds_c, dtau, dkappa = assemble(x1, y1, v, eta, d_tk)
+    alpha = jnp.minimum(1, _STEP_FRACTION * max_step(dy, ds_c, dtau, dkappa))
+
+    ds = jnp.concatenate([pad, ds_c])
+    return _Iterate(
+        it.x + alpha * dx,
+        it.y + alpha * dy,
+        it.s + alpha * ds,
+        tau + alpha * dtau,
+        kappa + alpha * dkappa,
+    )
+
+
+def _centre(pb: _Problem, it: _Iterate, target: float, steps: int) -> _Iterate:
+    """Newton steps from a solution to the central-path point `s∘y = target e`."""
+    zero = pb.zero
+    e = pb.unit(pb.q.dtype)
+
+    def error(it):
+        _, s_c = pb.split(it.s)
+        _, y_c = pb.split(it.y)
+        ms = pb.measure(it)
+        comp = pb.product(s_c, y_c) - target * e
+        scale = 1 + _inf_norm(pb.b) + _inf_norm(pb.q)
+        err = jnp.maximum(
+            jnp.maximum(_inf_norm(ms.rx), _inf_norm(ms.rp)) / scale,
+            _inf_norm(comp) / target,
+        )
+        return ms, err
+
+    def cond(carry):
+        _, err, k = carry
+        return (err > pb.tol) & (k < steps)
+
+    def body(carry):
+        it, _, k = carry
+        ms = pb.measure(it)
+        _, s_c = pb.split(it.s)
+        _, y_c = pb.split(it.y)
+        w = pb.scalings(s_c, y_c)
+        lam = kkt.scale(pb.blocks, w, y_c)
+        v = pb.divide(lam, target * e - pb.product(lam, lam))
+        pad = jnp.zeros((zero,), s_c.dtype)
+        rhs_p = -ms.rp - jnp.concatenate([pad, kkt.scale(pb.blocks, w, v)])
+        dx, dy = kkt.solve(pb.factorise(w), -ms.rx, rhs_p)
+        ds_c = kkt.scale(pb.blocks, w, v - kkt.scale(pb.blocks, w, dy[zero:]))
+        a = jnp.minimum(pb.max_step(s_c, ds_c), pb.max_step(y_c, dy[zero:]))
+        a = jnp.minimum(1, _STEP_FRACTION * a)
+        ds = jnp.concatenate([pad, ds_c])
+        new = _Iterate(it.x + a * dx, it.y + a * dy, it.s + a * ds, it.tau, it.kappa)
+        return new, error(new)[1], k + 1
+
+    it, _, _ = jax.lax.while_loop(cond, body, (it, error(it)[1], 0))
+    return it
+
+
+def _to_result(status: Array, finite_input: Array) -> RESULTS:
+    # (Enumeration members are typed as literals; pyright needs the Any.)
+    members: Any = RESULTS
+    result = members.where(finite_input, members.nonfinite, members.nonfinite_input)
+    table: tuple[tuple[int, Any], ...] = (
+        (_SOLVED, RESULTS.successful),
+        (_PRIMAL_INF, RESULTS.primal_infeasible),
+        (_DUAL_INF, RESULTS.dual_infeasible),
+        (_STALLED, RESULTS.stagnation),
+        (_RUNNING, RESULTS.max_steps_reached),
+    )
+    for code, member in table:
+        result = members.where(status == code, member, result)
+    return result
+
+
+def _tree_where(pred, a, b):
+    return jax.tree_util.tree_map(lambda u, v: jnp.where(pred, u, v), a, b)
+
+
+def solve_cone_program(
+    program: ConeProgram,
+    data: ConeData,
+    *,
+    tol: float | None = None,
+    infeasibility_tol: float | None = None,
+    regularisation: float | None = None,
+    max_steps: int = 50,
+    differentiable: bool = False,
+) -> tuple[PrimalDual, RESULTS, dict[str, Array]]:
+    """Run the interior-point method on one cone program (vmap for a batch)."""
+    cones = program.cones
+    dtype = data.q.dtype
+    default_tol, default_inf_tol = _default_tol(dtype)
+    eps = float(jnp.finfo(dtype).eps)
+    pb = _Problem(
+        (data.P + data.P.T) / 2,
+        data.q,
+        data.A,
+        data.b,
+        cones.blocks(),
+        cones.zero,
+        cones.degree(),
+        default_tol if tol is None else tol,
+        default_inf_tol if infeasibility_tol is None else infeasibility_tol,
+        eps ** (2 / 3) if regularisation is None else regularisation,
+    )
+    finite_input = jnp.all(
+        jnp.stack([jnp.all(jnp.isfinite(a)) for a in (pb.P, pb.q, pb.A, pb.b)])
+    )
+    it = _initial_point(pb)
+    ms = pb.measure(it)
+    ms = eqx.tree_at(
+        lambda m: m.status, ms, jnp.where(finite_input, ms.status, _NONFINITE)
+    )
+
+    def cond(carry):
+        _, ms, k = carry
+        return (ms.status == _RUNNING) & (k < max_steps)
+
+    def body(carry):
+        it, ms, k = carry
+        new = _step(pb, it, ms)
+        new_ms = pb.measure(new)
+        # Rounding can leave the cone's interior near the end (float32 especially);
+        # then stop at the last good iterate, accepting it at reduced accuracy.
+        ok = pb.interior(new) & (new_ms.status != _NONFINITE)
+        stop = eqx.tree_at(
+            lambda m: m.status, ms, jnp.where(ms.almost, _SOLVED, _STALLED)
+        )
+        return _tree_where(ok, new, it), _tree_where(ok, new_ms, stop), k + 1
+
+    init = (it, ms, jnp.array(0))
+    if differentiable:
+        it, ms, steps = eqxi.while_loop(
+            cond, body, init, max_steps=max_steps, kind="checkpointed"
+        )
+    else:
+        it, ms, steps = jax.lax.while_loop(cond, body, init)
+
+    solved = ms.status == _SOLVED
+    norm = jnp.where(solved, it.tau, it.tau + it.kappa)
+    it = _Iterate(it.x / norm, it.y / norm, it.s / norm, it.tau / norm, it.kappa / norm)
+    if program.smoothing > 0:
+        centred = _centre(pb, it, program.smoothing, max_steps)
+        it = _tree_where(solved, centred, it)
+    value = PrimalDual(it.x, it.y, it.s)
+
+    result = _to_result(ms.status, finite_input)
+    res = program.residual(value, data)
+    leaves = jax.tree_util.tree_leaves(res)
+    res_norm = jnp.sqrt(sum(jnp.sum(r**2) for r in leaves))
+    val_norm = jnp.sqrt(sum(jnp.sum(v**2) for v in jax.tree_util.tree_leaves(value)))
+    stats = {
+        "num_steps": steps,
+        "max_steps": jnp.array(max_steps),
+        "residual_norm": res_norm,
+        "relative_residual": res_norm / jnp.maximum(val_norm, eps),
+    }
+    return value, result, stats
+
+
+class InteriorPoint(AbstractBackend):
+    """A primal-dual interior-point method for cone programs, in pure JAX.
+
+    Solves [`unimplicit.ConeProgram`][] conditions (zero, nonnegative and
+    second-order cones) through their homogeneous self-dual embedding, with
+    Mehrotra predictor-corrector steps and Nesterov-Todd scaling. Linear algebra is
+    dense: one Cholesky (or, with equality rows, LU) factorisation of an `n x n`
+    (or `(n + p) x (n + p)`) matrix per step. Infeasible and unbounded programs
+    stop with `RESULTS.primal_infeasible` / `RESULTS.dual_infeasible`; the value is
+    then a (scaled) certificate: `y` for primal, `x` for dual infeasibility.
+
+    Under `jax.vmap` all samples step in lock-step until each has stopped, and each
+    reports its own result. A warm start `y0` is ignored (interior-point methods
+    gain little from one).
+
+    **Arguments:**
+
+    - `tol`: relative tolerance on the primal and dual residuals and on the duality
+        gap. `None`: `1e-8` in float64, `1e-5` in float32.
+    - `infeasibility_tol`: tolerance of the infeasibility certificates. `None`: as
+        `tol`.
+    - `max_steps`: the most interior-point steps (`unimplicit.solve`'s `max_steps`
+        caps it further). Typical programs need 8 to 25.
+    - `regularisation`: the relative diagonal regularisation of the reduced KKT
+        matrix. `None`: `eps^(2/3)` of the dtype.
+    """
+
+    tol: float | None = eqx.field(static=True, default=None)
+    infeasibility_tol: float | None = eqx.field(static=True, default=None)
+    max_steps: int = eqx.field(static=True, default=50)
+    regularisation: float | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        for name in ("tol", "infeasibility_tol", "regularisation"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"InteriorPoint: `{name}` must be > 0, got {value}.")
+        if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int):
+            raise TypeError("InteriorPoint: `max_steps` must be an int.")
+        if self.max_steps < 1:
+            raise ValueError("InteriorPoint: `max_steps` must be >= 1.")
+
+    def supports(self, condition: AbstractCondition) -> bool:
+        return isinstance(condition, AbstractConeCondition)
+
+    def forward(
+        self,
+        condition: AbstractCondition,
+        y0: PyTree,
+        args: PyTree,
+        *,
+        max_steps: int,
+        options: dict[str, Any],
+        differentiable: bool,
+    ) -> tuple[PyTree, RESULTS, dict[str, PyTree[Array]], Any]:
+        del y0, options
+        assert isinstance(condition, AbstractConeCondition)
+        value, result, stats = solve_cone_program(
+            condition.cone_program(),
+            condition.cone_data(args),
+            tol=self.tol,
+            infeasibility_tol=self.infeasibility_tol,
+            regularisation=self.regularisation,
+            max_steps=min(self.max_steps, max_steps),
+            differentiable=differentiable,
+        )
+        return value, result, stats, None
