@@ -1,0 +1,38 @@
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float
+
+
+def track_best(
+    y: Float[Array, " n"],
+    size: Float[Array, ""],
+    converged: Bool[Array, ""],
+    best_y: Float[Array, " n"],
+    best_size: Float[Array, ""],
+    divergence_ratio: float,
+) -> tuple[Float[Array, " n"], Float[Array, ""], Bool[Array, ""]]:
+    """Update the best iterate seen so far and decide whether the solve diverged.
+
+    The best iterate is judged by the unscaled residual `size`: a relative scale
+    would favour iterates that have blown up. A converged iterate always wins, so a
+    successful solve returns the iterate that met the tolerance. (`<` is False for
+    NaN, so a non-finite residual never becomes best.) The solve has diverged once
+    the residual is non-finite or exceeds `divergence_ratio` times the best one.
+
+    **Returns:** `(best_y, best_size, diverged)`.
+    """
+    better = (size < best_size) | converged
+    best_y = jnp.where(better, y, best_y)
+    best_size = jnp.where(better, size, best_size)
+    diverged = jnp.invert(jnp.isfinite(size)) | (size > divergence_ratio * best_size)
+    return best_y, best_size, diverged
+
+
+def check_tolerances(name: str, rtol: float, atol: float, ratio: float) -> None:
+    """Trace-time validation shared by the solvers' `__check_init__`."""
+    if rtol < 0 or atol < 0:
+        raise ValueError(
+            f"{name}(rtol, atol) must be non-negative, got rtol={rtol!r}, "
+            f"atol={atol!r}."
+        )
+    if ratio <= 1:
+        raise ValueError(f"{name}(divergence_ratio=...) must exceed 1, got {ratio!r}.")

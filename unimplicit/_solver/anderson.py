@@ -1,0 +1,279 @@
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import equinox.internal as eqxi
+import jax
+import jax.flatten_util as jfu
+import jax.numpy as jnp
+import optimistix as optx
+from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
+
+from ._common import check_tolerances, track_best
+
+
+def _cholesky_solve(a: Array, b: Array, eps: float) -> tuple[Array, Array]:
+    """Solve `a x = b` for a small symmetric positive definite `a`, fully unrolled.
+
+    The history is a handful of vectors, so the system is at most ~10x10. Unrolling it
+    into scalar arithmetic lets XLA fuse the whole solve into a couple of elementwise
+    kernels under `vmap`; a batched LAPACK call costs more than the cell evaluation it
+    accompanies on CPU. Returns the solution and whether every pivot was healthy
+    (relative to the largest diagonal entry), so the caller can fall back instead of
+    trusting a near-singular factorisation.
+    """
+    m = a.shape[0]
+    floor = eps * jnp.max(jnp.diagonal(a))
+    ok = jnp.array(True)
+    low: list[list[Any]] = [[None] * m for _ in range(m)]
+    for j in range(m):
+        pivot = a[j, j]
+        for k in range(j):
+            pivot = pivot - low[j][k] * low[j][k]
+        ok = ok & (pivot > floor)
+        diag = jnp.sqrt(jnp.maximum(pivot, floor))
+        low[j][j] = diag
+        for i in range(j + 1, m):
+            off = a[i, j]
+            for k in range(j):
+                off = off - low[i][k] * low[j][k]
+            low[i][j] = off / diag
+    fwd: list[Any] = []
+    for i in range(m):
+        acc = b[i]
+        for k in range(i):
+            acc = acc - low[i][k] * fwd[k]
+        fwd.append(acc / low[i][i])
+    out: list[Any] = [None] * m
+    for i in reversed(range(m)):
+        acc = fwd[i]
+        for k in range(i + 1, m):
+            acc = acc - low[k][i] * out[k]
+        out[i] = acc / low[i][i]
+    return jnp.stack(out), ok
+
+
+def mixing_weights(
+    gram: Float[Array, "m m"],
+    valid: Bool[Array, " m"],
+    latest: Int[Array, ""],
+    ridge: float,
+) -> Float[Array, " m"]:
+    """Anderson mixing weights from the Gram matrix of the stored residuals.
+
+    Solves $\\min_\\alpha \\|G^T \\alpha\\|^2 + \\lambda \\|\\alpha\\|^2$ subject to
+    $\\sum_i \\alpha_i = 1$, over the valid history slots only: the weights are
+    $w / 1^T w$ with $(G G^T + \\lambda I) w = 1$. The ridge is relative to the mean
+    squared residual, so the weights do not depend on the residuals' scale. Falls
+    back to the plain step (all weight on the latest slot) when the small solve is
+    ill-conditioned or non-finite.
+    """
+    m = gram.shape[0]
+    dtype = gram.dtype
+    both = valid[:, None] & valid[None, :]
+    count = jnp.maximum(jnp.sum(valid), 1)
+    scale = jnp.sum(jnp.where(valid, jnp.diagonal(gram), 0)) / count
+    tiny = jnp.finfo(dtype).tiny
+    scale = jnp.maximum(scale, tiny)
+    # Invalid slots get an identity row and a zero right-hand side, so their weight is
+    # exactly zero and the system stays fixed-size.
+    eye = jnp.eye(m, dtype=dtype)
+    system = jnp.where(both, gram / scale, 0) + eye * jnp.where(valid, ridge, 1)
+    rhs = valid.astype(dtype)
+    w, ok = _cholesky_solve(system, rhs, 10 * float(jnp.finfo(dtype).eps))
+    total = jnp.sum(w)
+    alpha = w / jnp.where(total == 0, 1, total)
+    ok = ok & (total > 0) & jnp.all(jnp.isfinite(alpha))
+    plain = (jnp.arange(m) == latest).astype(dtype)
+    return jnp.where(ok, alpha, plain)
+
+
+class _AndersonState(eqx.Module):
+    f_hist: Array
+    g_hist: Array
+    gram: Array
+    count: Array
+    best_y: Array
+    best_error: Array
+    error: Array
+    diverged: Array
+
+
+class Anderson(optx.AbstractFixedPointSolver):
+    """Anderson acceleration for fixed-point problems $y = f(y)$.
+
+    Keeps the last `history` evaluations $f(y_i)$ and residuals $g_i = f(y_i) - y_i$
+    in a fixed-size ring buffer and proposes
+    $y_{k+1} = \\sum_i \\alpha_i (f(y_i) - (1 - \\beta) g_i)$, with the weights
+    $\\alpha$ minimising the ridge-regularised norm of $\\sum_i \\alpha_i g_i$ subject
+    to $\\sum_i \\alpha_i = 1$ (Walker & Ni, 2011). The Gram matrix $G G^T$ is kept up
+    to date with one new row per step, so the bookkeeping costs $O(m n)$ per step on
+    top of the one evaluation of $f$. When the small solve is ill-conditioned it takes
+    a plain (damped) fixed-point step instead.
+
+    The returned value is the iterate that met the tolerance or else the one with the
+    smallest residual `norm(f(y) - y)` seen. If that residual grows past
+    `divergence_ratio` times the smallest one, or becomes non-finite, the solve stops
+    with `RESULTS.nonlinear_divergence` and still returns that best iterate. Convergence is declared as for `optimistix.FixedPointIteration`: when
+    `norm((f(y) - y) / (atol + rtol * |f(y)|)) < 1`.
+
+    Works with `optimistix.fixed_point`, with `unimplicit.solve` on a `FixedPoint`
+    condition, and with PyTree-valued states (raveled internally).
+    """
+
+    rtol: float
+    atol: float
+    history: int = eqx.field(static=True, default=5)
+    mixing: float = 1.0
+    ridge: float = 1e-4
+    norm: Callable[[PyTree], Scalar] = optx.max_norm
+    divergence_ratio: float = 1e4
+
+    def __check_init__(self):
+        if not isinstance(self.history, int) or self.history < 1:
+            raise ValueError(
+                f"Anderson(history=...) must be a positive int, got {self.history!r}."
+            )
+        if not 0 < self.mixing <= 1:
+            raise ValueError(
+                f"Anderson(mixing=...) must lie in (0, 1], got {self.mixing!r}."
+            )
+        if self.ridge < 0:
+            raise ValueError(
+                f"Anderson(ridge=...) must be non-negative, got {self.ridge!r}."
+            )
+        check_tolerances("Anderson", self.rtol, self.atol, self.divergence_ratio)
+
+    def init(
+        self,
+        fn: Callable,
+        y: PyTree[Array],
+        args: PyTree,
+        options: dict[str, Any],
+        f_struct: PyTree[jax.ShapeDtypeStruct],
+        aux_struct: PyTree[jax.ShapeDtypeStruct],
+        tags: frozenset[object],
+    ) -> _AndersonState:
+        del fn, args, options, f_struct, aux_struct, tags
+        flat, _ = jfu.ravel_pytree(y)
+        m, n = self.history, flat.size
+        zeros = jnp.zeros((m, n), flat.dtype)
+        error_dtype = jnp.finfo(flat.dtype).dtype
+        inf = jnp.array(jnp.inf, error_dtype)
+        return _AndersonState(
+            f_hist=zeros,
+            g_hist=zeros,
+            gram=jnp.zeros((m, m), flat.dtype),
+            count=jnp.array(0),
+            best_y=flat,
+            best_error=inf,
+            error=inf,
+            diverged=jnp.array(False),
+        )
+
+    def step(
+        self,
+        fn: Callable,
+        y: PyTree[Array],
+        args: PyTree,
+        options: dict[str, Any],
+        state: _AndersonState,
+        tags: frozenset[object],
+    ) -> tuple[PyTree[Array], _AndersonState, Any]:
+        del options, tags
+        flat_y, unravel = jfu.ravel_pytree(y)
+        f_y, aux = fn(y, args)
+        flat_f, _ = jfu.ravel_pytree(f_y)
+        g = flat_f - flat_y
+        with jax.numpy_dtype_promotion("standard"):
+            scaled = g / (self.atol + self.rtol * jnp.abs(flat_f))
+            error = jnp.asarray(self.norm(unravel(scaled)), state.error.dtype)
+
+        m = self.history
+        # Every sample that is still iterating under `vmap` has taken the same number
+        # of steps (finished ones are frozen by the loop), so the slot can be an
+        # unbatched index: a cheap in-place update instead of a scatter.
+        slot = eqxi.unvmap_max(state.count) % m
+        f_hist = jax.lax.dynamic_update_index_in_dim(state.f_hist, flat_f, slot, 0)
+        g_hist = jax.lax.dynamic_update_index_in_dim(state.g_hist, g, slot, 0)
+        row = g_hist @ g
+        onehot = jnp.arange(m) == slot
+        gram = jnp.where(onehot[:, None], row[None, :], state.gram)
+        gram = jnp.where(onehot[None, :], row[:, None], gram)
+        valid = jnp.arange(m) <= state.count
+        alpha = mixing_weights(gram, valid, slot, self.ridge)
+
+        new_flat = alpha @ f_hist
+        if self.mixing != 1:
+            new_flat = new_flat - (1 - self.mixing) * (alpha @ g_hist)
+
+        size = jnp.asarray(self.norm(unravel(g)), state.best_error.dtype)
+        best_y, best_error, diverged = track_best(
+            flat_y,
+            size,
+            error < 1,
+            state.best_y,
+            state.best_error,
+            self.divergence_ratio,
+        )
+        new_state = _AndersonState(
+            f_hist=f_hist,
+            g_hist=g_hist,
+            gram=gram,
+            count=state.count + 1,
+            best_y=best_y,
+            best_error=best_error,
+            error=error,
+            diverged=diverged,
+        )
+        return unravel(new_flat), new_state, aux
+
+    def terminate(
+        self,
+        fn: Callable,
+        y: PyTree[Array],
+        args: PyTree,
+        options: dict[str, Any],
+        state: _AndersonState,
+        tags: frozenset[object],
+    ) -> tuple[Bool[Array, ""], optx.RESULTS]:
+        del fn, y, args, options, tags
+        converged = state.error < 1
+        diverged = state.diverged & jnp.invert(converged)
+        result = optx.RESULTS.where(
+            diverged, optx.RESULTS.nonlinear_divergence, optx.RESULTS.successful
+        )
+        return converged | diverged, result
+
+    def postprocess(
+        self,
+        fn: Callable,
+        y: PyTree[Array],
+        aux: Any,
+        args: PyTree,
+        options: dict[str, Any],
+        state: _AndersonState,
+        tags: frozenset[object],
+        result: optx.RESULTS,
+    ) -> tuple[PyTree[Array], Any, dict[str, Any]]:
+        del fn, args, options, tags, result
+        _, unravel = jfu.ravel_pytree(y)
+        # Before any step the best iterate is `y0` itself.
+        return unravel(state.best_y), aux, {}
+
+
+Anderson.__init__.__doc__ = """**Arguments:**
+
+- `rtol`: relative tolerance: stop once `norm((f(y) - y) / (atol + rtol * |f(y)|))`
+    is below one.
+- `atol`: absolute tolerance, as above.
+- `history`: how many past evaluations are mixed (the ring-buffer size `m`). Memory
+    is `2 m n + m^2` numbers for a state of size `n`, whatever `max_steps` is.
+- `mixing`: the damping `beta` in `(0, 1]`; `1` mixes the evaluations `f(y_i)`
+    undamped.
+- `ridge`: Tikhonov regularisation of the least-squares problem for the weights,
+    relative to the mean squared residual in the history.
+- `norm`: the norm in the convergence test, `optimistix.max_norm` by default.
+- `divergence_ratio`: stop with `RESULTS.nonlinear_divergence` once the residual
+    exceeds this multiple of the smallest residual seen.
+"""
