@@ -6,6 +6,7 @@ and differentiated by an adjoint. See `unimplicit.solve`.
 
 import importlib.metadata
 
+from . import regularize as regularize
 from ._adjoint import (
     AbstractAdjoint as AbstractAdjoint,
     ImplicitAdjoint as ImplicitAdjoint,
@@ -19,19 +20,25 @@ from ._condition import (
     FixedPoint as FixedPoint,
     Root as Root,
 )
-from ._ift import implicit_solve as implicit_solve
-from ._iterate import OptimistixBackend as OptimistixBackend
-from ._layers.deq import DEQ as DEQ
-from ._solution import RESULTS as RESULTS, Solution as Solution
-from ._solve import solve as solve
-
-
-__version__ = importlib.metadata.version("unimplicit")
-
-# Flows (issue 4)
+from ._convex.cone_program import ConeData as ConeData, ConeProgram as ConeProgram
+from ._convex.cones import Cones as Cones
+from ._convex.interior_point import InteriorPoint as InteriorPoint
+from ._convex.program import ConvexProgram as ConvexProgram
 from ._flow.diffrax_backend import Diffrax as Diffrax
 from ._flow.ode import ODE as ODE
 from ._flow.sde import SDE as SDE
+from ._ift import implicit_solve as implicit_solve
+from ._iterate import OptimistixBackend as OptimistixBackend
 from ._layers.cnf import CNF as CNF
+from ._layers.convex_layer import ConvexLayer as ConvexLayer
+from ._layers.deq import DEQ as DEQ
 from ._layers.neural_ode import NeuralODE as NeuralODE
 from ._layers.neural_sde import NeuralSDE as NeuralSDE
+from ._linear_solver import NeumannSolver as NeumannSolver
+from ._solution import RESULTS as RESULTS, Solution as Solution
+from ._solve import solve as solve
+from ._solver.anderson import Anderson as Anderson
+from ._solver.broyden import Broyden as Broyden
+
+
+__version__ = importlib.metadata.version("unimplicit")
