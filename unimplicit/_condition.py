@@ -56,7 +56,7 @@ def _iterative_linear_solver(y: PyTree) -> lx.AbstractLinearSolver:
     # Matrix-free by default: the Jacobian of a DEQ cell is never materialised, and
     # the transposed solve only needs vector-Jacobian products.
     double = any(jnp.asarray(x).dtype == jnp.float64 for x in jtu.tree_leaves(y))
-    tol = 1e-10 if double else 1e-5
+    tol = 1e-10 if double else 1e-4
     return lx.GMRES(rtol=tol, atol=tol, restart=40, stagnation_iters=40)
 
 

@@ -4,7 +4,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
-import optimistix as optx
 from jaxtyping import PyTree
 
 from .._adjoint import AbstractAdjoint, ImplicitAdjoint
@@ -12,13 +11,10 @@ from .._condition import FixedPoint
 from .._misc import structure_of
 from .._solution import Solution
 from .._solve import solve
+from .._solver.anderson import Anderson
 
 
 def _default_backend():
-    try:
-        from .._solver.anderson import Anderson
-    except ImportError:  # pragma: no cover - only while Anderson is being written
-        return optx.FixedPointIteration(rtol=1e-4, atol=1e-6)
     return Anderson(rtol=1e-4, atol=1e-6)
 
 
