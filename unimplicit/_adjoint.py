@@ -100,11 +100,21 @@ class UnrolledAdjoint(AbstractAdjoint):
     """Differentiate by backpropagating through every solver iteration.
 
     Exact for the iterates actually computed, but its memory grows with the number
-    of iterations (the loop is checkpointed, which trades some of that memory for
-    recomputation). Mostly useful as a reference for the other adjoints.
+    of iterations. The loop is checkpointed, which trades some of that memory for
+    recomputation. Mostly useful as a reference for the other adjoints.
+
+    **Arguments:**
+
+    - `checkpoints`: how many iterates an Optimistix-protocol loop stores for the
+        backward pass; `None` lets Equinox choose (about the square root of
+        `max_steps`), `max_steps` stores every iterate (plain backpropagation).
     """
 
+    checkpoints: int | None = eqx.field(default=None, static=True)
+
     def apply(self, backend, condition, y0, args, *, max_steps, options) -> _Out:
+        if self.checkpoints is not None:
+            options = {**options, "checkpoints": self.checkpoints}
         return backend.forward(
             condition,
             y0,

@@ -74,6 +74,7 @@ class OptimistixBackend(AbstractBackend):
         solver = self.solver
         options = dict(options)
         trace_len = int(options.pop("trace", 0))
+        checkpoints = options.pop("checkpoints", None)
         tags = frozenset()
         fn = _problem_fn(solver, condition)
         f_struct, aux_struct = jax.eval_shape(fn, y0, args)
@@ -113,9 +114,12 @@ class OptimistixBackend(AbstractBackend):
             optx.RESULTS.nonfinite,
         )
         carry = (y0, jnp.array(0), dynamic_state, jnp.array(False), init_result, trace)
-        kind = "checkpointed" if differentiable else "lax"
+        if differentiable:
+            loop = dict(kind="checkpointed", checkpoints=checkpoints)
+        else:
+            loop = dict(kind="lax")
         y, num_steps, dynamic, done, result, trace = eqxi.while_loop(
-            cond_fun, body_fun, carry, max_steps=max_steps, kind=kind
+            cond_fun, body_fun, carry, max_steps=max_steps, **loop
         )
         result = optx.RESULTS.where(
             (result == optx.RESULTS.successful) & jnp.invert(done),
