@@ -20,7 +20,7 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 import scipy.sparse as sp
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 
 class _Static:
@@ -93,7 +93,7 @@ class ParametricConeProgram(eqx.Module):
     def num_constraints(self) -> int:
         return self.zero + self.nonneg + sum(self.soc)
 
-    def theta(self, values: Sequence[Array]) -> Float[Array, " p"]:
+    def theta(self, values: Sequence[ArrayLike]) -> Float[Array, " p"]:
         """Stack parameter values (in the user's order) into cvxpy's vector."""
         dtype = jnp.result_type(float, *values)
         flat = [
@@ -102,7 +102,7 @@ class ParametricConeProgram(eqx.Module):
         ]
         return jnp.concatenate([*flat, jnp.ones(1, dtype)])
 
-    def data(self, values: Sequence[Array]) -> tuple[Array, Array, Array, Array]:
+    def data(self, values: Sequence[ArrayLike]) -> tuple[Array, Array, Array, Array]:
         """Evaluate `(P, q, A, b)` of `1/2 x'Px + q'x  s.t.  Ax + s = b, s in K`."""
         theta = self.theta(values)
         n, m = self.num_vars, self.num_constraints
