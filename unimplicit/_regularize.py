@@ -149,7 +149,9 @@ def spectral_normalise(
     """Rescale a cell's weight matrices so each has spectral norm at most `bound`.
 
     Each selected matrix $W$ becomes $W \\min(1, b / \\sigma(W))$, with $\\sigma(W)$
-    estimated by power iteration. Apply it inside the loss (`cell =
+    estimated by power iteration. The estimate approaches $\\sigma(W)$ from below,
+    so the bound holds to the accuracy of `num_iters` steps (slower when the top two
+    singular values are close). Apply it inside the loss (`cell =
     spectral_normalise(cell, bound=0.9)`), so that gradients flow through the
     rescaling and the stored parameters stay unconstrained. A cell
     $z \\mapsto \\phi(W z + U x)$ with a 1-Lipschitz activation is then a
