@@ -1,6 +1,6 @@
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import diffrax
 import equinox as eqx
@@ -66,7 +66,7 @@ class CNF(eqx.Module):
     vector_field: Callable[[Any, Array, Any], Array]
     t0: Time
     t1: Time
-    trace: Literal["exact", "hutchinson"] = eqx.field(static=True)
+    trace: str = eqx.field(static=True)
     backend: Diffrax
     adjoint: diffrax.AbstractAdjoint
     max_steps: int = eqx.field(static=True)
@@ -77,7 +77,7 @@ class CNF(eqx.Module):
         vector_field: Callable[[Any, Array, Any], Array],
         t0: Time = 0.0,
         t1: Time = 1.0,
-        trace: Literal["exact", "hutchinson"] = "exact",
+        trace: str = "exact",
         backend: Diffrax | None = None,
         adjoint: diffrax.AbstractAdjoint | None = None,
         max_steps: int = 4096,
