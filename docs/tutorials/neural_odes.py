@@ -123,8 +123,8 @@ def main():
         2.0,
         saveat=times,
     )
-    sde_paths = jax.vmap(sde, in_axes=(None, None, 0))(
-        jnp.array([2.0, 2.0]), None, jax.random.split(keys[2], 3)
+    sde_paths = jax.vmap(lambda k: sde(jnp.array([2.0, 2.0]), key=k))(
+        jax.random.split(keys[2], 3)
     )
     for path in sde_paths:
         ax.plot(path[:, 0], path[:, 1], color="grey", lw=0.8)
