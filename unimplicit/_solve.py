@@ -1,5 +1,6 @@
 from typing import Any
 
+import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 import jax.tree_util as jtu
@@ -150,11 +151,15 @@ def solve(
             differentiable=True,
         )
     if throw:
-        jax.debug.callback(
+        # Reduce over any `vmap` first so that the host is only called on failure:
+        # a successful solve pays for one predicate, not one callback per sample.
+        failed = eqxi.unvmap_any(result != RESULTS.successful)
+        report = lambda: jax.debug.callback(
             _report_failure,
             result._value,
             stats.get("residual_norm"),
             stats.get("num_steps"),
             max_steps,
         )
+        jax.lax.cond(failed, report, lambda: None)
     return Solution(value=value, result=result, stats=stats, aux=aux)
