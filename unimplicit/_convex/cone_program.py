@@ -171,7 +171,10 @@ class ConeProgram(AbstractConeCondition):
         return args
 
     def default_linear_solver(self, y: PyTree) -> lx.AbstractLinearSolver:
-        return lx.LU()
+        # Dense LU on the Jacobian with the slack eliminated (see `kkt_solver.py`).
+        from .kkt_solver import ConeKKTSolver  # (it imports this module)
+
+        return ConeKKTSolver(self.cones)
 
     def backend_hint(self) -> str:
         return "unimplicit.InteriorPoint"
