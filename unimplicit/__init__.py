@@ -42,3 +42,10 @@ from ._solver.broyden import Broyden as Broyden
 
 
 __version__ = importlib.metadata.version("unimplicit")
+
+# Issue 5a (convex solver): the native QP interface and the primal-dual state.
+from ._convex.cone_program import PrimalDual as PrimalDual
+from ._convex.quadratic_program import (
+    QPSolution as QPSolution,
+    QuadraticProgram as QuadraticProgram,
+)
