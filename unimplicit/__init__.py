@@ -4,8 +4,6 @@ A layer is defined by what its output satisfies (a condition), found by a backen
 and differentiated by an adjoint. See `unimplicit.solve`.
 """
 
-import importlib.metadata
-
 from . import regularize as regularize
 from ._adjoint import (
     AbstractAdjoint as AbstractAdjoint,
@@ -20,10 +18,18 @@ from ._condition import (
     FixedPoint as FixedPoint,
     Root as Root,
 )
-from ._convex.cone_program import ConeData as ConeData, ConeProgram as ConeProgram
+from ._convex.cone_program import (
+    ConeData as ConeData,
+    ConeProgram as ConeProgram,
+    PrimalDual as PrimalDual,
+)
 from ._convex.cones import Cones as Cones
 from ._convex.interior_point import InteriorPoint as InteriorPoint
 from ._convex.program import ConvexProgram as ConvexProgram
+from ._convex.quadratic_program import (
+    QPSolution as QPSolution,
+    QuadraticProgram as QuadraticProgram,
+)
 from ._flow.diffrax_backend import Diffrax as Diffrax
 from ._flow.ode import ODE as ODE
 from ._flow.sde import SDE as SDE
@@ -41,11 +47,4 @@ from ._solver.anderson import Anderson as Anderson
 from ._solver.broyden import Broyden as Broyden
 
 
-__version__ = importlib.metadata.version("unimplicit")
-
-# Issue 5a (convex solver): the native QP interface and the primal-dual state.
-from ._convex.cone_program import PrimalDual as PrimalDual
-from ._convex.quadratic_program import (
-    QPSolution as QPSolution,
-    QuadraticProgram as QuadraticProgram,
-)
+__version__ = "0.1.0"
