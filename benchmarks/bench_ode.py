@@ -73,7 +73,7 @@ def ours_solve(field, y0, throw=True):
         throw=throw,
     )
     sol = layer.solve(y0)
-    return sol.value[0], sol.stats["num_steps"]
+    return sol.value, sol.stats["num_steps"]
 
 
 def loss_of(solve):

@@ -274,7 +274,7 @@ def test_backwards_time_ode_as_diffrax_and_sde_refused():
     # t1 < t0 integrates backwards, as Diffrax does: y' = -y from y(1) = 1.
     value, result, _ = _err_run(jnp.ones(1), 1.0, 0.0, DECAY)
     assert result == ui.RESULTS.successful
-    assert_tree_allclose(value, jnp.full((1, 1), jnp.e), rtol=1e-6)
+    assert_tree_allclose(value, jnp.full((1,), jnp.e), rtol=1e-6)  # y(t1), as y0
     with pytest.raises(ValueError, match="must run forwards in time"):
         ui.SDE(lambda t, y, a: y, lambda t, y, a: y, 1.0, 0.0, key=jax.random.key(0))
 

@@ -3,6 +3,7 @@ from typing import Any
 import diffrax
 import equinox as eqx
 import jax.numpy as jnp
+import jax.tree_util as jtu
 from jaxtyping import PyTree
 
 from .._backend import AbstractBackend
@@ -145,7 +146,11 @@ class Diffrax(AbstractBackend):
             dt0,
             y0,
             args,
-            saveat=condition.saveat,
+            saveat=(
+                diffrax.SaveAt(t1=True)
+                if condition.saveat is None
+                else condition.saveat
+            ),
             stepsize_controller=self.stepsize_controller,
             adjoint=adjoint,
             max_steps=max_steps,
@@ -172,4 +177,7 @@ class Diffrax(AbstractBackend):
             "num_rejected_steps": sol.stats["num_rejected_steps"],
             "max_steps": jnp.asarray(max_steps),
         }
-        return sol.ys, result, stats, None
+        ys = sol.ys
+        if condition.saveat is None:
+            ys = jtu.tree_map(lambda x: x[0], ys)
+        return ys, result, stats, None

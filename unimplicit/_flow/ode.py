@@ -17,10 +17,10 @@ from .._condition import AbstractCondition
 Time = int | float | Real[Array, ""]
 
 
-def as_saveat(saveat: Any) -> diffrax.SaveAt:
-    """Turn `None` (save at `t1`) or an array of times into a `diffrax.SaveAt`."""
+def as_saveat(saveat: Any) -> diffrax.SaveAt | None:
+    """Validate `saveat`: `None` (just `y(t1)`), a `diffrax.SaveAt`, or times."""
     if saveat is None:
-        return diffrax.SaveAt(t1=True)
+        return None
     if isinstance(saveat, diffrax.SaveAt):
         return saveat
     if isinstance(saveat, (jax.Array, np.ndarray, list, tuple)):
@@ -67,7 +67,8 @@ class AbstractFlow(AbstractCondition):
 
     t0: eqx.AbstractVar[Time]
     t1: eqx.AbstractVar[Time]
-    saveat: eqx.AbstractVar[diffrax.SaveAt]
+    # `None` means y(t1) alone, returned without a leading time axis.
+    saveat: eqx.AbstractVar[diffrax.SaveAt | None]
 
     @abc.abstractmethod
     def init(self, y0: PyTree | None, args: PyTree) -> PyTree:
@@ -90,14 +91,15 @@ class ODE(AbstractFlow):
         structure of `y`. An `eqx.Module` (such as an MLP) works, and its
         parameters are differentiated.
     - `t0`, `t1`: the start and end times.
-    - `saveat`: `None` (return `y(t1)`), an array of times (return `y` at each,
-        stacked along a new leading axis), or any `diffrax.SaveAt`.
+    - `saveat`: `None` (return `y(t1)`, shaped like `y0`), an array of times
+        (return `y` at each, stacked along a new leading axis), or any
+        `diffrax.SaveAt` (return what Diffrax returns as `ys`).
     """
 
     vector_field: Callable[[Any, PyTree, Any], PyTree]
     t0: Time
     t1: Time
-    saveat: diffrax.SaveAt
+    saveat: diffrax.SaveAt | None
 
     def __init__(
         self,

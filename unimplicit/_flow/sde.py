@@ -91,7 +91,7 @@ class SDE(AbstractFlow):
     t0: Time
     t1: Time
     key: Array
-    saveat: diffrax.SaveAt
+    saveat: diffrax.SaveAt | None
     noise_shape: tuple[int, ...] | None = eqx.field(static=True)
     brownian_tol: Time | None
     levy_area: _LevyArea = eqx.field(static=True)

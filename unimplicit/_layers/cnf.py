@@ -121,8 +121,7 @@ class CNF(eqx.Module):
             max_steps=self.max_steps,
             throw=self.throw,
         )
-        z, delta = sol.value
-        return z[0], delta[0]
+        return sol.value
 
     def log_prob(
         self, x: Float[Array, " d"], args: PyTree = None, *, key: Any = None

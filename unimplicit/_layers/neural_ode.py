@@ -26,8 +26,8 @@ class NeuralODE(eqx.Module):
         (Tsit5 with `PIDController(rtol=1e-3, atol=1e-6)`).
     - `adjoint`: a Diffrax adjoint; defaults to
         `diffrax.RecursiveCheckpointAdjoint()`.
-    - `saveat`: `None` (return `y(t1)`), an array of times (return `y` at each,
-        stacked on a leading axis), or a `diffrax.SaveAt`.
+    - `saveat`: `None` (return `y(t1)`, shaped like `y0`), an array of times
+        (return `y` at each, stacked on a leading axis), or a `diffrax.SaveAt`.
     - `max_steps`: the bound on integrator steps.
     - `throw`: whether a failed solve raises (see [`unimplicit.solve`][]).
     """
@@ -37,7 +37,7 @@ class NeuralODE(eqx.Module):
     t1: Time
     backend: Diffrax
     adjoint: diffrax.AbstractAdjoint
-    saveat: diffrax.SaveAt
+    saveat: diffrax.SaveAt | None
     max_steps: int = eqx.field(static=True)
     throw: bool = eqx.field(static=True)
 

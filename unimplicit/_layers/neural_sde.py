@@ -40,7 +40,7 @@ class NeuralSDE(eqx.Module):
     t1: Time
     backend: Diffrax
     adjoint: diffrax.AbstractAdjoint
-    saveat: diffrax.SaveAt
+    saveat: diffrax.SaveAt | None
     noise_shape: tuple[int, ...] | None = eqx.field(static=True)
     brownian_tol: float | None
     max_steps: int = eqx.field(static=True)
