@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 FIGURES = pathlib.Path(__file__).resolve().parents[1] / "figures"
-D, BATCH = 128, 64
+D, BATCH = 64, 32
 
 
 class Cell(eqx.Module):
@@ -93,7 +93,7 @@ def main():
     )
     print(f"relative gradient difference, IFT vs unrolled: {float(rel):.1e}")
 
-    counts = [5, 20, 80] if cli.smoke else [5, 10, 20, 40, 80, 160]
+    counts = [5, 40] if cli.smoke else [5, 20, 80, 320]
     adjoints = {
         "IFT: ImplicitAdjoint()": lambda n: ui.ImplicitAdjoint(),
         "unrolled, every iterate stored": lambda n: ui.UnrolledAdjoint(n),

@@ -32,6 +32,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 FIGURES = pathlib.Path(__file__).resolve().parents[1] / "figures"
+# For training, a fixed-step solver: ten Tsit5 steps over [0, 1]. Adaptive stepping
+# with the default `max_steps=4096` is accurate but slow to compile and run on CPU.
+FIXED = ui.Diffrax(
+    diffrax.Tsit5(), dt0=0.1, stepsize_controller=diffrax.ConstantStepSize()
+)
 
 
 class Field(eqx.Module):
@@ -132,7 +137,7 @@ def main():
 
     # 3. A continuous normalising flow on the moons.
     data, labels = moons(256, 0)
-    cnf = ui.CNF(Field(2, keys[3], width=32))
+    cnf = ui.CNF(Field(2, keys[3], width=32), backend=FIXED, max_steps=16)
 
     def nll(model, i):
         return -jnp.mean(jax.vmap(model.log_prob)(data))
@@ -165,11 +170,14 @@ def main():
             return self.head(self.deq(x))
 
     ode_model = ODEClassifier(
-        ui.NeuralODE(Field(4, ode_key), 0.0, 1.0), eqx.nn.Linear(4, 2, key=head_key)
+        ui.NeuralODE(Field(4, ode_key), 0.0, 1.0, backend=FIXED, max_steps=16),
+        eqx.nn.Linear(4, 2, key=head_key),
     )
     deq_model = DEQClassifier(
         ui.DEQ(
             DEQCell(eqx.nn.MLP(6, 4, 32, 1, key=deq_key)),
+            backend=ui.Anderson(rtol=1e-3, atol=1e-4),
+            max_steps=50,
             state=jax.ShapeDtypeStruct((4,), jnp.float32),
         ),
         eqx.nn.Linear(4, 2, key=head_key),
@@ -185,8 +193,9 @@ def main():
         axes[2:], [("neural ODE", ode_model), ("DEQ", deq_model)]
     ):
         model, value = fit(model, xent, steps)
-        pred = jnp.argmax(jax.jit(jax.vmap(model))(grid.reshape(-1, 2)), -1)
-        acc = float(jnp.mean(jnp.argmax(jax.vmap(model)(data), -1) == labels))
+        predict = jax.jit(lambda x: jnp.argmax(jax.vmap(model)(x), -1))
+        pred = predict(grid.reshape(-1, 2))
+        acc = float(jnp.mean(predict(data) == labels))
         print(f"{name}: training accuracy {acc:.3f} (loss {value:.3f})")
         ax.contourf(grid[..., 0], grid[..., 1], pred.reshape(grid.shape[:2]), alpha=0.3)
         ax.scatter(data[:, 0], data[:, 1], c=labels, s=3, cmap="coolwarm")
