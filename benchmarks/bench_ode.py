@@ -16,6 +16,7 @@ Run: `python benchmarks/bench_ode.py` (`--repeats N` to change the repeat count)
 """
 
 import argparse
+import os
 import statistics
 import time
 from typing import NamedTuple
@@ -28,6 +29,10 @@ import numpy as np
 
 import unimplicit as ui
 
+
+# Torch's OpenMP workers otherwise busy-wait after each call, taking the CPU from
+# the JAX call timed next on this 2-core machine; sleeping workers do not.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 BATCH, DIM, WIDTH, TOL = 64, 4, 32, 1e-6
 
