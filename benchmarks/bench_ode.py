@@ -126,8 +126,13 @@ def interleaved_medians(fns, repeats, block=1):
     calls amortises that.)
     """
     times = {name: [] for name in fns}
+    order = list(fns)
     for _ in range(max(1, repeats // block)):
-        for name, fn in fns.items():
+        # Alternate the order too: the first call after a switch can pay for caches
+        # another function evicted.
+        order.reverse()
+        for name in order:
+            fn = fns[name]
             for _ in range(block):
                 start = time.perf_counter()
                 fn()
