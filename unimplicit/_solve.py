@@ -1,5 +1,6 @@
 from typing import Any
 
+import equinox as eqx
 import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
@@ -50,16 +51,15 @@ def _report_failure(result, residual, steps, max_steps):
         return
     index = np.argmax(failed.reshape(-1))
     code = int(result.reshape(-1)[index])
+    # Residual and step count may be per sample or shared; NaN and -1 mean that the
+    # backend did not report them.
+    residual = float(np.broadcast_to(np.asarray(residual), result.shape).flat[index])
+    steps = int(np.broadcast_to(np.asarray(steps), result.shape).flat[index])
     detail = []
-    if residual is not None:
-        detail.append(
-            f"residual norm {float(np.asarray(residual).reshape(-1)[index]):.3e}"
-        )
-    if steps is not None:
-        detail.append(
-            f"after {int(np.asarray(steps).reshape(-1)[index])} steps "
-            f"(max_steps={max_steps})"
-        )
+    if not np.isnan(residual):
+        detail.append(f"residual norm {residual:.3e}")
+    if steps >= 0:
+        detail.append(f"after {steps} steps (max_steps={max_steps})")
     where = ""
     if result.size > 1:
         where = (
@@ -70,6 +70,42 @@ def _report_failure(result, residual, steps, max_steps):
         f"{RESULTS._index_to_message[code]} Pass `throw=False` to get the value "
         "and inspect `Solution.result` instead."
     )
+
+
+@eqx.filter_custom_jvp
+def _check(value, code, residual, steps, max_steps):
+    # Like `eqx.error_if`: reduce over any `vmap` first, so that the host is called
+    # only on failure, and call it through a *pure* callback whose output `value`
+    # depends on. (An effectful `jax.debug.callback`, even in a branch not taken,
+    # takes every call off `jax.jit`'s fast dispatch path.)
+    failed = eqxi.unvmap_any(code != RESULTS.successful._value)
+
+    def report(value):
+        def host(value, code, residual, steps):
+            _report_failure(code, residual, steps, max_steps)
+            return value
+
+        struct = jax.eval_shape(lambda: value)
+        return jax.pure_callback(
+            host, struct, value, code, residual, steps, vmap_method="broadcast_all"
+        )
+
+    return jax.lax.cond(failed, report, lambda v: v, value)
+
+
+@_check.def_jvp
+def _check_jvp(primals, tangents):
+    return _check(*primals), tangents[0]
+
+
+def _raise_if_failed(value, result, stats, max_steps):
+    dynamic, static = eqx.partition(value, eqx.is_array)
+    residual = stats.get("residual_norm")
+    steps = stats.get("num_steps")
+    residual = jnp.asarray(jnp.nan) if residual is None else residual
+    steps = jnp.asarray(-1) if steps is None else steps
+    checked = _check(dynamic, result._value, residual, steps, max_steps)
+    return eqx.combine(checked, static)
 
 
 def solve(
@@ -151,15 +187,5 @@ def solve(
             differentiable=True,
         )
     if throw:
-        # Reduce over any `vmap` first so that the host is only called on failure:
-        # a successful solve pays for one predicate, not one callback per sample.
-        failed = eqxi.unvmap_any(result != RESULTS.successful)
-        report = lambda: jax.debug.callback(
-            _report_failure,
-            result._value,
-            stats.get("residual_norm"),
-            stats.get("num_steps"),
-            max_steps,
-        )
-        jax.lax.cond(failed, report, lambda: None)
+        value = _raise_if_failed(value, result, stats, max_steps)
     return Solution(value=value, result=result, stats=stats, aux=aux)
