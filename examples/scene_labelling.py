@@ -26,6 +26,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import matplotlib
+import matplotlib.colors
 import numpy as np
 import optax
 
@@ -188,7 +189,7 @@ def train(model, data, steps, batch, key):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a few steps only")
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--out", type=pathlib.Path, default=None)
@@ -200,7 +201,7 @@ def main():
     test_data = tuple(map(jnp.asarray, make_data(n_test, 1)))
 
     key = jax.random.PRNGKey(0)
-    models = {
+    models: dict[str, eqx.Module] = {
         f"{k} instance{'s' * (k > 1)}": Recurrent(Instance(key), k) for k in (1, 2, 3)
     }
     models["DEQ (infinitely many)"] = Equilibrium(

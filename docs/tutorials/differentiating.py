@@ -70,12 +70,13 @@ def training_step(deq, x):
 def peak_mib(adjoint, iterations, x):
     step, params = training_step(make_deq(adjoint, iterations), x)
     m = step.lower(params, x).compile().memory_analysis()
+    assert m is not None, "this backend reports no memory analysis"
     total = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
     return total / 2**20
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="fewer sizes")
     cli = parser.parse_args()
     x = 0.1 * jax.random.normal(jax.random.PRNGKey(1), (BATCH, D))

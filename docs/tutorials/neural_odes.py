@@ -78,13 +78,14 @@ def fit(model, loss, steps, lr=1e-2):
         updates, state = optim.update(grads, state, model)
         return eqx.apply_updates(model, updates), state, value
 
+    value = jnp.nan
     for i in range(steps):
         model, state, value = step(model, state, i)
     return model, float(value)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="fewer training steps")
     cli = parser.parse_args()
     steps = 3 if cli.smoke else 100
