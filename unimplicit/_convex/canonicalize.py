@@ -8,8 +8,9 @@ needs no special derivative rule.
 
 cvxpy stores its cone program as `minimize 1/2 x^T P x + q^T x  s.t.  A' x + b in K`.
 We return it in the convention of `ConeData`: `A x + s = b, s in K`, so `A = -A'`. The
-dual `y` of that form is what cvxpy reports as the constraints' dual values (checked
-against cvxpy's own solutions in `tests/test_convex_layer.py`).
+dual `y` of that form is what cvxpy reports as the constraints' dual values. Both
+are checked in `tests/test_convex_layer.py` (against the data cvxpy hands its
+solvers, and against cvxpylayers' solutions and duals).
 """
 
 import importlib
@@ -224,6 +225,13 @@ def canonicalize(
     )
     # `theta` concatenates the values in cvxpy's column order.
     param_order = tuple(i for _, i in sorted((c, i) for i, c in enumerate(cols)))
+    offset = 0
+    for i in param_order:
+        if cols[i] != offset:  # cvxpy's columns are contiguous; check, not assume
+            raise ValueError("Unexpected parameter layout in cvxpy's cone program.")
+        offset += parameters[i].size
+    if prog.param_id_to_col.get(-1, offset) != offset:
+        raise ValueError("Unexpected parameter layout in cvxpy's cone program.")
 
     var_slots = []
     for v in variables:
