@@ -9,7 +9,7 @@ from jaxtyping import Array, ArrayLike
 from .._adjoint import AbstractAdjoint, ImplicitAdjoint
 from .._convex.interior_point import InteriorPoint
 from .._convex.program import ConvexProgram
-from .._solution import RESULTS, Solution
+from .._solution import Solution
 from .._solve import solve
 
 
@@ -105,26 +105,17 @@ class ConvexLayer(eqx.Module):
         axes = self._batch_axes(tuple(arrays))
 
         def one(*args):
-            # Failure is checked once, below: `solve(throw=True)` would put one host
-            # callback per sample into a vmapped program (compile time linear in
-            # the batch size).
             return solve(
                 self.program,
                 self.backend,
                 args,
                 adjoint=self.adjoint,
                 max_steps=self.max_steps,
-                throw=False,
+                throw=self.throw,
             )
 
         batched = axes is not None
         sol = jax.vmap(one, in_axes=axes)(*arrays) if batched else one(*arrays)
-        if self.throw:
-            failed = sol.result != RESULTS.successful
-            # Raises with the failing status's message (the worst one in a batch);
-            # vmap-friendly, unlike a host callback.
-            value = sol.result.error_if(sol.value, failed)
-            sol = Solution(value=value, result=sol.result, stats=sol.stats, aux=sol.aux)
         return sol, batched
 
     def solve(self, *values: ArrayLike) -> Solution:
