@@ -9,6 +9,7 @@ import lineax as lx
 import optimistix as optx
 from jaxtyping import Array, PyTree, Scalar
 
+from ._solver._common import is_concrete
 from ._solver.anderson import Anderson
 
 
@@ -44,7 +45,11 @@ class NeumannSolver(lx.AbstractLinearSolver):
     norm: Callable[[PyTree], Scalar] = optx.max_norm
 
     def __check_init__(self):
-        if self.rtol < 0 or self.atol < 0:
+        if (
+            is_concrete(self.rtol)
+            and is_concrete(self.atol)
+            and min(self.rtol, self.atol) < 0
+        ):
             raise ValueError(
                 "NeumannSolver(rtol, atol) must be non-negative, got "
                 f"rtol={self.rtol!r}, atol={self.atol!r}."

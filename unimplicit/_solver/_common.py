@@ -27,8 +27,19 @@ def track_best(
     return best_y, best_size, diverged
 
 
+def is_concrete(x: object) -> bool:
+    """Whether `x` is a Python number we can validate (not a traced value).
+
+    Solvers are PyTrees: inside `jit` their numeric fields may be rebuilt from
+    tracers, which cannot be compared; those were checked when first built.
+    """
+    return isinstance(x, (int, float))
+
+
 def check_tolerances(name: str, rtol: float, atol: float, ratio: float) -> None:
     """Trace-time validation shared by the solvers' `__check_init__`."""
+    if not all(is_concrete(x) for x in (rtol, atol, ratio)):
+        return
     if rtol < 0 or atol < 0:
         raise ValueError(
             f"{name}(rtol, atol) must be non-negative, got rtol={rtol!r}, "

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 
-from ._common import check_tolerances, track_best
+from ._common import check_tolerances, is_concrete, track_best
 
 
 def _cholesky_solve(a: Array, b: Array, eps: float) -> tuple[Array, Array]:
@@ -134,11 +134,11 @@ class Anderson(optx.AbstractFixedPointSolver):
             raise ValueError(
                 f"Anderson(history=...) must be a positive int, got {self.history!r}."
             )
-        if not 0 < self.mixing <= 1:
+        if is_concrete(self.mixing) and not 0 < self.mixing <= 1:
             raise ValueError(
                 f"Anderson(mixing=...) must lie in (0, 1], got {self.mixing!r}."
             )
-        if self.ridge < 0:
+        if is_concrete(self.ridge) and self.ridge < 0:
             raise ValueError(
                 f"Anderson(ridge=...) must be non-negative, got {self.ridge!r}."
             )
