@@ -20,6 +20,7 @@ import equinox as eqx
 import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
+import jax.tree_util as jtu
 from jaxtyping import Array, PyTree
 
 from .._backend import AbstractBackend
@@ -32,6 +33,15 @@ from .cone_program import AbstractConeCondition, ConeData, ConeProgram, PrimalDu
 # Internal status codes, mapped to RESULTS at the end.
 _RUNNING, _SOLVED, _PRIMAL_INF, _DUAL_INF, _NONFINITE, _STALLED = range(6)
 _STEP_FRACTION = 0.99
+# tau may shrink by at most this fraction of itself per step: a first step that
+# drives tau to the boundary (the embedding briefly "believing" infeasibility)
+# otherwise costs several steps to recover from.
+_TAU_FRACTION = 0.7
+# Corrector passes. The second re-estimates the second-order terms from the first
+# corrected direction (Mehrotra's estimate, from the predictor, misses the change
+# of tau that the correction itself causes, which leaves kappa converging only
+# linearly); it is kept where it lowers the complementarity reached.
+_CORRECTIONS = 1
 
 
 class _Iterate(eqx.Module):
@@ -72,6 +82,8 @@ class _Problem(eqx.Module):
     tol: float = eqx.field(static=True)
     inf_tol: float = eqx.field(static=True)
     reg: float = eqx.field(static=True)
+    nb: Array  # |b|_inf
+    nq: Array  # |q|_inf
 
     def measure(self, it: _Iterate) -> _Measure:
         P, q, A, b = self.P, self.q, self.A, self.b
@@ -88,8 +100,8 @@ class _Problem(eqx.Module):
         nx, ny, ns = (_inf_norm(v) / tau for v in (it.x, it.y, it.s))
         pobj = (0.5 * xPx / tau + qx) / tau
         dobj = (-0.5 * xPx / tau - by) / tau
-        pres = _inf_norm(rp) / tau / jnp.maximum(1, _inf_norm(b) + nx + ns)
-        dres = _inf_norm(rx) / tau / jnp.maximum(1, _inf_norm(q) + nx + ny)
+        pres = _inf_norm(rp) / tau / jnp.maximum(1, self.nb + nx + ns)
+        dres = _inf_norm(rx) / tau / jnp.maximum(1, self.nq + nx + ny)
         gap = jnp.abs(pobj - dobj) / jnp.maximum(
             1, jnp.minimum(jnp.abs(pobj), jnp.abs(dobj))
         )
@@ -173,8 +185,8 @@ def _initial_point(pb: _Problem) -> _Iterate:
     return _Iterate(x, y, s, one, one)
 
 
-def _step(pb: _Problem, it: _Iterate, ms: _Measure) -> _Iterate:
-    """One Mehrotra predictor-corrector step on the embedding."""
+def _step(pb: _Problem, it: _Iterate, ms: _Measure) -> tuple[_Iterate, Array]:
+    """The Mehrotra predictor-corrector direction on the embedding, and its step."""
     zero = pb.zero
     tau, kappa = it.tau, it.kappa
     _, s_c = pb.split(it.s)
@@ -203,9 +215,9 @@ def _step(pb: _Problem, it: _Iterate, ms: _Measure) -> _Iterate:
 
     def max_step(dy, ds_c, dtau, dkappa):
         a = jnp.minimum(pb.max_step(s_c, ds_c), pb.max_step(y_c, dy[zero:]))
-        for u, du in ((tau, dtau), (kappa, dkappa)):
+        for u, du, f in ((tau, dtau, _TAU_FRACTION), (kappa, dkappa, 1.0)):
             a = jnp.minimum(
-                a, jnp.where(du < 0, -u / jnp.where(du < 0, du, -1), jnp.inf)
+                a, f * jnp.where(du < 0, -u / jnp.where(du < 0, du, -1), jnp.inf)
             )
         return a
 
@@ -215,28 +227,37 @@ def _step(pb: _Problem, it: _Iterate, ms: _Measure) -> _Iterate:
     alpha_a = jnp.minimum(1, max_step(dy_a, ds_a, dtau_a, dkappa_a))
     sigma = (1 - alpha_a) ** 3
 
-    # Corrector: centring plus Mehrotra's second-order term.
+    # Corrector: centring plus Mehrotra's second-order term, estimated from the
+    # previous direction (the predictor first, then the corrected direction).
     e = pb.unit(s_c.dtype)
-    corr = pb.product(
-        kkt.unscale(pb.blocks, w, ds_a), kkt.scale(pb.blocks, w, dy_a[zero:])
-    )
-    d_c = -pb.product(lam, lam) + sigma * mu * e - corr
-    v = pb.divide(lam, d_c)
     eta = 1 - sigma
-    rhs_p = -eta * ms.rp - jnp.concatenate([pad, kkt.scale(pb.blocks, w, v)])
-    x1, y1 = kkt.solve(f, -eta * ms.rx, rhs_p)
-    d_tk = -tau * kappa + sigma * mu - dtau_a * dkappa_a
-    dx, dy, ds_c, dtau, dkappa = assemble(x1, y1, v, eta, d_tk)
-    alpha = jnp.minimum(1, _STEP_FRACTION * max_step(dy, ds_c, dtau, dkappa))
 
-    ds = jnp.concatenate([pad, ds_c])
-    return _Iterate(
-        it.x + alpha * dx,
-        it.y + alpha * dy,
-        it.s + alpha * ds,
-        tau + alpha * dtau,
-        kappa + alpha * dkappa,
-    )
+    def correct(previous):
+        _, dy_p, ds_p, dtau_p, dkappa_p = previous
+        corr = pb.product(
+            kkt.unscale(pb.blocks, w, ds_p), kkt.scale(pb.blocks, w, dy_p[zero:])
+        )
+        d_c = -pb.product(lam, lam) + sigma * mu * e - corr
+        v = pb.divide(lam, d_c)
+        rhs_p = -eta * ms.rp - jnp.concatenate([pad, kkt.scale(pb.blocks, w, v)])
+        x1, y1 = kkt.solve(f, -eta * ms.rx, rhs_p)
+        d_tk = -tau * kappa + sigma * mu - dtau_p * dkappa_p
+        direction = assemble(x1, y1, v, eta, d_tk)
+        return direction, jnp.minimum(1, _STEP_FRACTION * max_step(*direction[1:]))
+
+    def mu_after(direction, alpha):
+        _, dy, ds_c, dtau, dkappa = direction
+        s_new, y_new = s_c + alpha * ds_c, y_c + alpha * dy[zero:]
+        return s_new @ y_new + (tau + alpha * dtau) * (kappa + alpha * dkappa)
+
+    direction, alpha = correct(aff)
+    for _ in range(_CORRECTIONS - 1):
+        better, alpha2 = correct(direction)
+        take = mu_after(better, alpha2) < mu_after(direction, alpha)
+        direction = _tree_where(take, better, direction)
+        alpha = jnp.where(take, alpha2, alpha)
+    dx, dy, ds_c, dtau, dkappa = direction
+    return _Iterate(dx, dy, jnp.concatenate([pad, ds_c]), dtau, dkappa), alpha
 
 
 def _centre(pb: _Problem, it: _Iterate, target: float, steps: int) -> _Iterate:
@@ -328,6 +349,8 @@ def solve_cone_program(
         default_tol if tol is None else tol,
         default_inf_tol if infeasibility_tol is None else infeasibility_tol,
         eps ** (2 / 3) if regularisation is None else regularisation,
+        _inf_norm(data.b),
+        _inf_norm(data.q),
     )
     finite_input = jnp.all(
         jnp.stack([jnp.all(jnp.isfinite(a)) for a in (pb.P, pb.q, pb.A, pb.b)])
@@ -344,15 +367,21 @@ def solve_cone_program(
 
     def body(carry):
         it, ms, k = carry
-        new = _step(pb, it, ms)
-        new_ms = pb.measure(new)
+        d, alpha = _step(pb, it, ms)
         # Rounding can leave the cone's interior near the end (float32 especially);
-        # then stop at the last good iterate, accepting it at reduced accuracy.
-        ok = pb.interior(new) & (new_ms.status != _NONFINITE)
-        stop = eqx.tree_at(
-            lambda m: m.status, ms, jnp.where(ms.almost, _SOLVED, _STALLED)
+        # then stop at the last good iterate (a zero step), accepting it at reduced
+        # accuracy. Zeroing the step fuses into the update, unlike selecting
+        # between two iterates.
+        finite = jnp.all(
+            jnp.stack([jnp.all(jnp.isfinite(v)) for v in jtu.tree_leaves(d)])
         )
-        return _tree_where(ok, new, it), _tree_where(ok, new_ms, stop), k + 1
+        candidate = jtu.tree_map(lambda u, du: u + alpha * du, it, d)
+        ok = finite & pb.interior(candidate)
+        new = jtu.tree_map(lambda u, du: u + jnp.where(ok, alpha * du, 0), it, d)
+        ms = pb.measure(new)
+        stop = jnp.where(ms.almost, _SOLVED, _STALLED)
+        ms = eqx.tree_at(lambda m: m.status, ms, jnp.where(ok, ms.status, stop))
+        return new, ms, k + 1
 
     init = (it, ms, jnp.array(0))
     if differentiable:

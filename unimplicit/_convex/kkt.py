@@ -10,7 +10,7 @@ rows (whose slack is fixed at zero). Eliminating the conic multipliers gives the
 normal-equations form `(P + B^T B) dx + E^T dy_E = rx + B^T W^{-1} rp_G` with
 `B = W^{-1} G` (`G` the conic rows, `E` the equality rows): an `n x n`
 positive-definite matrix, factorised by Cholesky when there are no equalities and
-otherwise bordered by `E` and factorised by LU. A small regularisation keeps the
+the equality rows entering through a Schur complement. A small regularisation keeps the
 factorisation defined when `P + B^T B` is singular; the outer iteration, which
 recomputes exact residuals every step, absorbs the resulting tiny direction error.
 """
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import equinox as eqx
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
-from jaxtyping import Array, PyTree
+from jaxtyping import Array
 
 from .cones import AbstractCone
 
@@ -74,44 +74,51 @@ class Factorisation(eqx.Module):
     """A factorised reduced KKT system (internal)."""
 
     B: Array  # W^{-1} G
-    factor: PyTree[Array]
-    E: Array
+    L: Array  # Cholesky factor of H = P + B^T B + reg I
+    C: Array  # E L^{-T}
+    D: Array  # Cholesky factor of the Schur complement reg I + C C^T
     scalings: tuple
     blocks: tuple = eqx.field(static=True)
-    bordered: bool = eqx.field(static=True)
 
 
 def factorise(
     P: Array, E: Array, G: Array, blocks, scalings, reg_scale: float
 ) -> Factorisation:
     """Factorise the reduced system for the given Nesterov-Todd scalings."""
-    n = P.shape[0]
+    n, p = P.shape[0], E.shape[0]
     B = unscale(blocks, scalings, G)
     H = P + B.T @ B
-    # A constant floor plus machine precision times the largest pivot (as Clarabel).
+    # A constant floor plus machine precision times (a bound on) the largest pivot,
+    # as Clarabel does; the bound avoids reading the diagonal of H.
     eps = jnp.finfo(H.dtype).eps
-    reg = reg_scale + eps * jnp.max(jnp.abs(jnp.diagonal(H)), initial=0)
-    H = H + reg * jnp.eye(n, dtype=H.dtype)
-    p = E.shape[0]
-    if p:
-        top = jnp.concatenate([H, E.T], axis=1)
-        bottom = jnp.concatenate([E, -reg * jnp.eye(p, dtype=H.dtype)], axis=1)
-        factor = jsl.lu_factor(jnp.concatenate([top, bottom], axis=0))
-    else:
-        factor = jsl.cho_factor(H)
-    return Factorisation(B, factor, E, tuple(scalings), tuple(blocks), bool(p))
+    big = jnp.max(jnp.abs(P), initial=0) + jnp.max(jnp.sum(B * B, axis=0), initial=0)
+    reg = reg_scale + eps * big
+    # Cholesky rather than LU: on CPU, batched LU spends much of its time turning
+    # pivots into permutations, and the matrices here are positive definite.
+    L = jsl.cholesky(H + reg * jnp.eye(n, dtype=H.dtype), lower=True)
+    # The quasi-definite [[H, E^T], [E, -reg I]] = M diag(I, -I) M^T with
+    # M = [[L, 0], [C, D]], C = E L^{-T} and D D^T = reg I + C C^T.
+    C = jsl.solve_triangular(L, E.T, lower=True).T
+    D = (
+        jsl.cholesky(reg * jnp.eye(p, dtype=H.dtype) + C @ C.T, lower=True)
+        if p
+        else C[:, :0]
+    )
+    return Factorisation(B, L, C, D, tuple(scalings), tuple(blocks))
 
 
 def solve(f: Factorisation, rx: Array, rp: Array) -> tuple[Array, Array]:
     """Solve the full system for right-hand sides `(rx, rp)` (vectors or columns)."""
-    p = f.E.shape[0]
+    p = f.C.shape[0]
     rp_e, rp_g = rp[:p], rp[p:]
     t = unscale(f.blocks, f.scalings, rp_g)
-    rhs = rx + f.B.T @ t
-    if f.bordered:
-        sol = jsl.lu_solve(f.factor, jnp.concatenate([rhs, rp_e], axis=0))
-        dx, dy_e = sol[: rhs.shape[0]], sol[rhs.shape[0] :]
+    w1 = jsl.solve_triangular(f.L, rx + f.B.T @ t, lower=True)
+    if p:
+        w2 = jsl.solve_triangular(f.D, rp_e - f.C @ w1, lower=True)
+        dy_e = jsl.solve_triangular(f.D, -w2, lower=True, trans="T")
+        w1 = w1 - f.C.T @ dy_e
     else:
-        dx, dy_e = jsl.cho_solve(f.factor, rhs), rp_e
+        dy_e = rp_e
+    dx = jsl.solve_triangular(f.L, w1, lower=True, trans="T")
     dy_g = unscale(f.blocks, f.scalings, f.B @ dx - t)
     return dx, jnp.concatenate([dy_e, dy_g], axis=0)
