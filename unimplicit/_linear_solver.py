@@ -7,10 +7,15 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import lineax as lx
 import optimistix as optx
+from equinox.internal import ω
 from jaxtyping import Array, PyTree, Scalar
 
 from ._solver._common import is_concrete
 from ._solver.anderson import Anderson
+
+
+# A residual this many times the smallest one seen means the iteration diverges.
+_DIVERGED = 1e4
 
 
 class NeumannSolver(lx.AbstractLinearSolver):
@@ -88,15 +93,53 @@ class NeumannSolver(lx.AbstractLinearSolver):
     ) -> tuple[PyTree[Array], lx.RESULTS, dict[str, Any]]:
         operator = state
         x0 = options.get("y0", jtu.tree_map(jnp.zeros_like, vector))
-        # History 1 mixes a single slot with weight one: exactly the plain iteration.
-        solver = Anderson(
-            rtol=self.rtol, atol=self.atol, history=max(self.history, 1), norm=self.norm
-        )
 
         def step_map(x, _):
             ax = operator.mv(x)
             return jtu.tree_map(lambda xi, ai, bi: xi + ai - bi, x, ax, vector), None
 
+        if self.history == 0:
+            x, converged, diverged, num_steps = self._plain(step_map, x0)
+        else:
+            x, converged, diverged, num_steps = self._accelerated(step_map, x0)
+        result = lx.RESULTS.where(
+            converged,
+            lx.RESULTS.successful,
+            lx.RESULTS.where(
+                diverged, lx.RESULTS.breakdown, lx.RESULTS.max_steps_reached
+            ),
+        )
+        return x, result, {"num_steps": num_steps, "max_steps": self.max_steps}
+
+    def _plain(self, step_map: Callable, x0: PyTree[Array]):
+        # The bare iteration x <- x + A x - b, with only scalars of bookkeeping: in a
+        # vmapped loop every carried array is copied each step, so keep it small.
+        def cond_fun(carry):
+            _, num_steps, error, _, diverged = carry
+            return (error >= 1) & jnp.invert(diverged) & (num_steps < self.max_steps)
+
+        def body_fun(carry):
+            x, num_steps, _, smallest, _ = carry
+            new_x, _ = step_map(x, None)
+            r = (new_x**ω - x**ω).ω
+            with jax.numpy_dtype_promotion("standard"):
+                scale = (self.atol + self.rtol * ω(new_x).call(jnp.abs)).ω
+                error = self.norm((r**ω / scale**ω).ω).astype(smallest.dtype)
+            size = self.norm(r).astype(smallest.dtype)
+            smallest = jnp.minimum(smallest, size)
+            diverged = jnp.invert(jnp.isfinite(size)) | (size > _DIVERGED * smallest)
+            return new_x, num_steps + 1, error, smallest, diverged
+
+        dtype = jnp.result_type(*jtu.tree_leaves(x0))
+        inf = jnp.array(jnp.inf, jnp.finfo(dtype).dtype)
+        init = (x0, jnp.array(0), inf, inf, jnp.array(False))
+        x, num_steps, error, _, diverged = jax.lax.while_loop(cond_fun, body_fun, init)
+        return x, error < 1, diverged, num_steps
+
+    def _accelerated(self, step_map: Callable, x0: PyTree[Array]):
+        solver = Anderson(
+            rtol=self.rtol, atol=self.atol, history=self.history, norm=self.norm
+        )
         tags = frozenset()
         solver_state = solver.init(step_map, x0, None, {}, None, None, tags)
 
@@ -111,20 +154,11 @@ class NeumannSolver(lx.AbstractLinearSolver):
             return x, num_steps + 1, s, done
 
         init = (x0, jnp.array(0), solver_state, jnp.array(False))
-        x, num_steps, solver_state, _ = jax.lax.while_loop(cond_fun, body_fun, init)
+        x, num_steps, s, _ = jax.lax.while_loop(cond_fun, body_fun, init)
         x, _, _ = solver.postprocess(
-            step_map, x, None, None, {}, solver_state, tags, optx.RESULTS.successful
+            step_map, x, None, None, {}, s, tags, optx.RESULTS.successful
         )
-        result = lx.RESULTS.where(
-            solver_state.error < 1,
-            lx.RESULTS.successful,
-            lx.RESULTS.where(
-                solver_state.diverged,
-                lx.RESULTS.breakdown,
-                lx.RESULTS.max_steps_reached,
-            ),
-        )
-        return x, result, {"num_steps": num_steps, "max_steps": self.max_steps}
+        return x, s.error < 1, s.diverged, num_steps
 
     def transpose(
         self, state: lx.AbstractLinearOperator, options: dict[str, Any]
