@@ -111,14 +111,29 @@ class Broyden(optx.AbstractRootFinder):
         with jax.numpy_dtype_promotion("standard"):
             scaled = g / (self.atol + self.rtol * jnp.abs(flat_y))
             error = jnp.asarray(self.norm(unravel(scaled)), state.error.dtype)
-        u_hist, v_hist = state.u_hist, state.v_hist
+        # Samples still iterating under `vmap` share a step count (finished ones are
+        # frozen by the loop), so an unbatched slot makes this an in-place update.
+        slot = eqxi.unvmap_max(state.count) % self.memory
+        # When the buffer is full, restart from H = -I rather than overwrite the
+        # oldest update: dropping one update breaks the secant conditions the later
+        # ones were built on, and the approximation can blow up. So the slot about
+        # to be written is always empty, and H below is the current approximation.
+        u_hist, v_hist = jax.lax.cond(
+            slot == 0,
+            lambda u, v: (jnp.zeros_like(u), jnp.zeros_like(v)),
+            lambda u, v: (u, v),
+            state.u_hist,
+            state.v_hist,
+        )
 
         # Good Broyden update of the inverse Jacobian H = -I + U^T V so that
-        # H dg = dy:  H += (dy - H dg)(dy^T H) / (dy^T H dg).
+        # H dg = dy:  H += (dy - H dg)(dy^T H) / (dy^T H dg). The products are
+        # grouped so that each buffer is read twice per step.
         dy = flat_y - state.prev_y
         dg = g - state.prev_g
-        v_dg = v_hist @ dg
-        h_dg = -dg + v_dg @ u_hist
+        v_dg, v_g = (v_hist @ jnp.stack([dg, g], axis=-1)).T
+        u_v_dg, u_v_g = jnp.stack([v_dg, v_g]) @ u_hist
+        h_dg = -dg + u_v_dg
         new_v = -dy + (u_hist @ dy) @ v_hist
         denom = new_v @ dg
         new_u = (dy - h_dg) / jnp.where(denom == 0, 1, denom)
@@ -132,25 +147,11 @@ class Broyden(optx.AbstractRootFinder):
         )
         new_u = jnp.where(usable, new_u, 0)
         new_v = jnp.where(usable, new_v, 0)
-        # Samples still iterating under `vmap` share a step count (finished ones are
-        # frozen by the loop), so an unbatched slot makes this an in-place update.
-        slot = eqxi.unvmap_max(state.count) % self.memory
-        # When the buffer is full, restart from H = -I rather than overwrite the
-        # oldest update: dropping one update breaks the secant conditions the later
-        # ones were built on, and the approximation can blow up.
-        u_hist, v_hist = jax.lax.cond(
-            slot == 0,
-            lambda u, v: (jnp.zeros_like(u), jnp.zeros_like(v)),
-            lambda u, v: (u, v),
-            u_hist,
-            v_hist,
-        )
         u_hist = jax.lax.dynamic_update_index_in_dim(u_hist, new_u, slot, 0)
         v_hist = jax.lax.dynamic_update_index_in_dim(v_hist, new_v, slot, 0)
 
-        # Newton-like step  y - H g = y + g - U^T (V g).
-        v_g = v_hist @ g
-        new_y = flat_y + g - v_g @ u_hist
+        # Newton-like step with the updated H: y - H g = y + g - U^T (V g).
+        new_y = flat_y + g - u_v_g - new_u * (new_v @ g)
         new_y = jnp.where(jnp.all(jnp.isfinite(new_y)), new_y, flat_y + g)
 
         size = jnp.asarray(self.norm(g_tree), state.best_error.dtype)
