@@ -116,25 +116,21 @@ class Broyden(optx.AbstractRootFinder):
         slot = eqxi.unvmap_max(state.count) % self.memory
         # When the buffer is full, restart from H = -I rather than overwrite the
         # oldest update: dropping one update breaks the secant conditions the later
-        # ones were built on, and the approximation can blow up. So the slot about
-        # to be written is always empty, and H below is the current approximation.
-        u_hist, v_hist = jax.lax.cond(
-            slot == 0,
-            lambda u, v: (jnp.zeros_like(u), jnp.zeros_like(v)),
-            lambda u, v: (u, v),
-            state.u_hist,
-            state.v_hist,
-        )
+        # ones were built on, and the approximation can blow up. Rows from before
+        # the restart (at and after `slot`) are masked out of every product rather
+        # than zeroed, which would copy the buffers.
+        live = (jnp.arange(self.memory) < slot).astype(g.dtype)
+        u_hist, v_hist = state.u_hist, state.v_hist
 
         # Good Broyden update of the inverse Jacobian H = -I + U^T V so that
         # H dg = dy:  H += (dy - H dg)(dy^T H) / (dy^T H dg). The products are
         # grouped so that each buffer is read twice per step.
         dy = flat_y - state.prev_y
         dg = g - state.prev_g
-        v_dg, v_g = (v_hist @ jnp.stack([dg, g], axis=-1)).T
+        v_dg, v_g = (v_hist @ jnp.stack([dg, g], axis=-1)).T * live
         u_v_dg, u_v_g = jnp.stack([v_dg, v_g]) @ u_hist
         h_dg = -dg + u_v_dg
-        new_v = -dy + (u_hist @ dy) @ v_hist
+        new_v = -dy + ((u_hist @ dy) * live) @ v_hist
         denom = new_v @ dg
         new_u = (dy - h_dg) / jnp.where(denom == 0, 1, denom)
         scale = jnp.linalg.norm(new_v) * jnp.linalg.norm(dg)
