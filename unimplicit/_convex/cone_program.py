@@ -5,7 +5,7 @@ import abc
 import equinox as eqx
 import jax.numpy as jnp
 import lineax as lx
-from jaxtyping import Array, Float, PyTree
+from jaxtyping import Array, ArrayLike, Float, PyTree
 
 from .._condition import AbstractEquilibrium
 from .cones import Cones
@@ -15,8 +15,9 @@ class ConeData(eqx.Module):
     """The data of the cone program `min 1/2 x^T P x + q^T x  s.t.  A x + s = b, s ∈ K`.
 
     This is cvxpy's and SCS's convention. The dual `y` lies in the dual cone `K*`
-    and satisfies `P x + q + A^T y = 0`. All arrays are dense; build one per sample
-    and `jax.vmap` for a batch. The cone `K` is given separately, by
+    and satisfies `P x + q + A^T y = 0`. All arrays are dense. The condition acts on
+    one sample: for a batch, build a `ConeData` of batched arrays and `jax.vmap` over
+    it. The cone `K` is given separately, by
     [`unimplicit.Cones`][] in [`unimplicit.ConeProgram`][].
 
     **Arguments:**
@@ -28,10 +29,10 @@ class ConeData(eqx.Module):
     - `b`: `(m,)` right-hand side.
     """
 
-    P: Float[Array, "n n"]
-    q: Float[Array, " n"]
-    A: Float[Array, "m n"]
-    b: Float[Array, " m"]
+    P: Float[ArrayLike, "..."]
+    q: Float[ArrayLike, "..."]
+    A: Float[ArrayLike, "..."]
+    b: Float[ArrayLike, "..."]
 
 
 class PrimalDual(eqx.Module):

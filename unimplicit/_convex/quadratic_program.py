@@ -4,7 +4,7 @@ from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 from .._adjoint import AbstractAdjoint
 from .._solution import Solution
@@ -56,12 +56,12 @@ class QuadraticProgram(eqx.Module):
     - `G`, `h`: `(m, n)` and `(m,)` inequality constraints, or both `None`.
     """
 
-    Q: Float[Array, "n n"]
-    q: Float[Array, " n"]
-    A: Float[Array, "p n"] | None = None
-    b: Float[Array, " p"] | None = None
-    G: Float[Array, "m n"] | None = None
-    h: Float[Array, " m"] | None = None
+    Q: Float[ArrayLike, "..."]
+    q: Float[ArrayLike, "..."]
+    A: Float[ArrayLike, "..."] | None = None
+    b: Float[ArrayLike, "..."] | None = None
+    G: Float[ArrayLike, "..."] | None = None
+    h: Float[ArrayLike, "..."] | None = None
 
     def __check_init__(self):
         _pair("A", self.A, "b", self.b)
