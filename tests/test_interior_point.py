@@ -17,7 +17,7 @@ import unimplicit as ui
 RTOL64 = 1e-6
 RTOL32 = 2e-3
 FD_STEP = 1e-4
-FD_RTOL = 1e-5
+FD_RTOL = 5e-5
 
 
 def _clarabel(prob, x):
@@ -49,7 +49,8 @@ def _socp(seed, n=3, sizes=(3, 4)):
     rng = np.random.default_rng(seed)
     q, x0 = rng.standard_normal(n), rng.standard_normal(n)
     x = cp.Variable(n)
-    cons, rows, rhs = [x <= x0 + 1, x >= x0 - 1], [np.eye(n), -np.eye(n)], []
+    cons: list = [x <= x0 + 1, x >= x0 - 1]
+    rows, rhs = [np.eye(n), -np.eye(n)], []
     for k in sizes:
         F, g, c = (rng.standard_normal(s) for s in ((k - 1, n), k - 1, n))
         d = np.linalg.norm(F @ x0 + g) - c @ x0 + 0.5
@@ -116,7 +117,7 @@ _FD_CONES = ui.Cones(zero=1, nonneg=3, soc=(3,))
 
 @jax.jit
 def _fd_loss(data):
-    sol = ui.solve(ui.ConeProgram(_FD_CONES), ui.InteriorPoint(tol=1e-10), data)
+    sol = ui.solve(ui.ConeProgram(_FD_CONES), ui.InteriorPoint(), data)
     v = sol.value
     return jnp.sum(jnp.sin(v.x)) + jnp.sum(v.y**2) + jnp.sum(jnp.cos(v.s))
 

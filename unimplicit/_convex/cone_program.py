@@ -5,7 +5,7 @@ import abc
 import equinox as eqx
 import jax.numpy as jnp
 import lineax as lx
-from jaxtyping import Array, ArrayLike, Float, PyTree
+from jaxtyping import Array, Float, PyTree
 
 from .._condition import AbstractEquilibrium
 from .cones import Cones
@@ -29,10 +29,11 @@ class ConeData(eqx.Module):
     - `b`: `(m,)` right-hand side.
     """
 
-    P: Float[ArrayLike, "..."]
-    q: Float[ArrayLike, "..."]
-    A: Float[ArrayLike, "..."]
-    b: Float[ArrayLike, "..."]
+    # (Shapes are checked by `ConeProgram`, with messages naming both shapes.)
+    P: Float[Array, "..."] = eqx.field(converter=jnp.asarray)
+    q: Float[Array, "..."] = eqx.field(converter=jnp.asarray)
+    A: Float[Array, "..."] = eqx.field(converter=jnp.asarray)
+    b: Float[Array, "..."] = eqx.field(converter=jnp.asarray)
 
 
 class PrimalDual(eqx.Module):

@@ -4,7 +4,7 @@ from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, Float
 
 from .._adjoint import AbstractAdjoint
 from .._solution import Solution
@@ -33,6 +33,10 @@ class QPSolution(eqx.Module):
     slack: Float[Array, " m"]
 
 
+def _optional(a: Any) -> Array | None:
+    return None if a is None else jnp.asarray(a)
+
+
 def _pair(name_a: str, a: Any, name_b: str, b: Any) -> None:
     if (a is None) != (b is None):
         raise ValueError(
@@ -56,12 +60,13 @@ class QuadraticProgram(eqx.Module):
     - `G`, `h`: `(m, n)` and `(m,)` inequality constraints, or both `None`.
     """
 
-    Q: Float[ArrayLike, "..."]
-    q: Float[ArrayLike, "..."]
-    A: Float[ArrayLike, "..."] | None = None
-    b: Float[ArrayLike, "..."] | None = None
-    G: Float[ArrayLike, "..."] | None = None
-    h: Float[ArrayLike, "..."] | None = None
+    # (Shapes are checked when solving, with messages naming both shapes.)
+    Q: Float[Array, "..."] = eqx.field(converter=jnp.asarray)
+    q: Float[Array, "..."] = eqx.field(converter=jnp.asarray)
+    A: Float[Array, "..."] | None = eqx.field(default=None, converter=_optional)
+    b: Float[Array, "..."] | None = eqx.field(default=None, converter=_optional)
+    G: Float[Array, "..."] | None = eqx.field(default=None, converter=_optional)
+    h: Float[Array, "..."] | None = eqx.field(default=None, converter=_optional)
 
     def __check_init__(self):
         _pair("A", self.A, "b", self.b)
