@@ -261,7 +261,13 @@ def _step(pb: _Problem, it: _Iterate, ms: _Measure) -> tuple[_Iterate, Array]:
     return _Iterate(dx, dy, jnp.concatenate([pad, ds_c]), dtau, dkappa), alpha
 
 
-def _centre(pb: _Problem, it: _Iterate, target: float | Array, steps: int) -> _Iterate:
+def _centre(
+    pb: _Problem,
+    it: _Iterate,
+    target: float | Array,
+    steps: int,
+    differentiable: bool,
+) -> _Iterate:
     """Newton steps from a solution to the central-path point `s∘y = target e`."""
     zero = pb.zero
     e = pb.unit(pb.q.dtype)
@@ -300,7 +306,13 @@ def _centre(pb: _Problem, it: _Iterate, target: float | Array, steps: int) -> _I
         new = _Iterate(it.x + a * dx, it.y + a * dy, it.s + a * ds, it.tau, it.kappa)
         return new, error(new)[1], k + 1
 
-    it, _, _ = jax.lax.while_loop(cond, body, (it, error(it)[1], 0))
+    init = (it, error(it)[1], 0)
+    if differentiable:
+        it, _, _ = eqxi.while_loop(
+            cond, body, init, max_steps=steps, kind="checkpointed"
+        )
+    else:
+        it, _, _ = jax.lax.while_loop(cond, body, init)
     return it
 
 
@@ -396,7 +408,7 @@ def solve_cone_program(
     norm = jnp.where(solved, it.tau, it.tau + it.kappa)
     it = _Iterate(it.x / norm, it.y / norm, it.s / norm, it.tau / norm, it.kappa / norm)
     if program.smoothing > 0:
-        centred = _centre(pb, it, program.smoothing, max_steps)
+        centred = _centre(pb, it, program.smoothing, max_steps, differentiable)
         it = _tree_where(solved, centred, it)
     elif cones.soc:
         # Mehrotra steps leave second-order blocks off-centre: s'y is small but
@@ -406,7 +418,9 @@ def solve_cone_program(
         _, s_c = pb.split(it.s)
         _, y_c = pb.split(it.y)
         mu = jnp.maximum(s_c @ y_c / cones.degree(), jnp.finfo(dtype).tiny)
-        centred = _centre(pb, it, jax.lax.stop_gradient(mu), _POLISH_STEPS)
+        centred = _centre(
+            pb, it, jax.lax.stop_gradient(mu), _POLISH_STEPS, differentiable
+        )
         finite = jnp.all(jnp.isfinite(centred.x)) & jnp.all(jnp.isfinite(centred.y))
         it = _tree_where(solved & finite & pb.interior(centred), centred, it)
     value = PrimalDual(it.x, it.y, it.s)
