@@ -1,0 +1,223 @@
+"""A DEQ training step (forward solve + implicit backward) against torchdeq 0.1.0.
+
+Problem (issue 3): the tanh cell z -> tanh(W z + x), d = 256, batch 128, W = 0.99 Q
+(Q random orthogonal), inputs x ~ 0.1 N(0, I), float32 on CPU. The loss is
+mean_b c . z*_b for a fixed vector c, differentiated with respect to W.
+
+torchdeq: `get_deq(f_solver=s, b_solver=s, ift=True)` for s in `anderson` and
+`fixed_point_iter` (backward solver = forward solver), with 1 and the default
+number of torch threads, forward and backward stopping at a relative residual
+||f(z) - z|| / ||f(z)|| < 1e-5 for every sample (`stop_mode="rel"`), max_iter
+large enough never to bind.
+
+unimplicit: `jax.vmap` of `solve(FixedPoint(cell), backend)` with
+`ImplicitAdjoint`, jitted, for backend `Anderson` and `FixedPointIteration`. With
+`rtol=0, atol=1e-5 * min_b ||f(z*_b)||, norm=two_norm` they stop once
+||f(z) - z||_2 < 1e-5 min_b ||f(z*_b)||, which implies torchdeq's per-sample rule:
+at least as strict. The backward linear solve is run with GMRES (the library
+default, rtol = atol = 1e-5) and with the Neumann solver (the same conversion, with
+min_b ||u_b|| from a reference solve).
+
+Timings: medians of interleaved rounds (every method once per round) after a
+warm-up round, both libraries in this process, torch with 1 thread and with its
+default; JAX compile time reported separately. Achieved relative
+residuals (max over the batch) are printed for both sides.
+
+Run: `python benchmarks/deq_vs_torchdeq.py` (a few minutes on 2 CPU cores).
+"""
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optimistix as optx
+import torch
+from torchdeq import get_deq
+
+import unimplicit as ui
+
+
+D, BATCH, TOL = 256, 128, 1e-5
+
+
+def problem(seed):
+    key = jax.random.PRNGKey(seed)
+    k1, k2, k3 = jax.random.split(key, 3)
+    q, _ = jnp.linalg.qr(jax.random.normal(k1, (D, D)))
+    w = 0.99 * q
+    xs = 0.1 * jax.random.normal(k2, (BATCH, D))
+    c = jax.random.normal(k3, (D,))
+    return w, xs, c
+
+
+def torchdeq_step(w, xs, c, solver, threads):
+    w_t = torch.tensor(np.asarray(w), requires_grad=True)
+    x_t = torch.tensor(np.asarray(xs))
+    c_t = torch.tensor(np.asarray(c))
+    deq = get_deq(
+        f_solver=solver,
+        b_solver=solver,
+        f_max_iter=3000,
+        b_max_iter=3000,
+        f_tol=TOL,
+        b_tol=TOL,
+        f_stop_mode="rel",
+        b_stop_mode="rel",
+        ift=True,
+    )
+    out = {}
+
+    def step():
+        torch.set_num_threads(threads)
+        w_t.grad = None
+        zs, info = deq(lambda z: torch.tanh(z @ w_t.T + x_t), torch.zeros(BATCH, D))
+        loss = (zs[-1] @ c_t).mean()
+        loss.backward()
+        out.update(loss=float(loss), info=info, grad=w_t.grad.numpy().copy())
+
+    def report():
+        info = out["info"]
+        steps, rel = int(info["nstep"].max()), float(info["rel_lowest"].max())
+        return out["grad"], steps, rel, None
+
+    return step, report
+
+
+def backward_norm(cell, w, xs, zs, c):
+    """min_b ||u_b|| for the backward solutions u_b = w + u_b J_b, by iteration."""
+
+    def one(z, x):
+        _, vjp = jax.vjp(lambda z: cell(z, (w, x)), z)
+        b = c / BATCH
+        u = jax.lax.fori_loop(0, 3000, lambda _, u: b + vjp(u)[0], b)
+        return jnp.linalg.norm(u)
+
+    return float(jnp.min(jax.jit(jax.vmap(one))(zs, xs)))
+
+
+def unimplicit_step(w, xs, c, backend, linear_solver):
+    def cell(z, args):
+        w, x = args
+        return jnp.tanh(w @ z + x)
+
+    # See the module docstring: this makes Anderson's rule imply torchdeq's.
+    def reference(x):
+        solver = ui.Anderson(1e-4, 1e-6)
+        fixed_point = ui.FixedPoint(cell)
+        return ui.solve(fixed_point, solver, (w, x), y0=jnp.zeros(D), max_steps=3000)
+
+    ref = jax.vmap(reference)(xs).value
+    fnorm = float(jnp.min(jnp.linalg.norm(ref, axis=1)))
+    # Stop when ||f(z) - z||_2 < 1e-5 min_b ||f(z_b)||: implies torchdeq's rule.
+    tol = dict(rtol=0.0, atol=TOL * 0.99 * fnorm, norm=optx.two_norm)
+    if backend == "anderson":
+        solver = ui.Anderson(**tol)
+    else:
+        solver = optx.FixedPointIteration(**tol)
+    if linear_solver in ("neumann", "neumann_anderson"):
+        # The same for the backward system u = w + u J (w = c / batch per sample):
+        # stop once ||u_k+1 - u_k|| < 1e-5 min_b ||u_b||, which implies torchdeq's
+        # ||u_k+1 - u_k|| / ||u_k+1|| < 1e-5. min_b ||u_b|| from a reference solve.
+        linear_solver = ui.NeumannSolver(
+            rtol=0.0,
+            atol=TOL * 0.99 * backward_norm(cell, w, xs, ref, c),
+            norm=optx.two_norm,
+            history=5 if linear_solver == "neumann_anderson" else 0,
+            max_steps=3000,
+        )
+    adjoint = ui.ImplicitAdjoint(linear_solver)
+
+    def loss(w, xs):
+        def one(x):
+            sol = ui.solve(
+                ui.FixedPoint(cell),
+                solver,
+                (w, x),
+                y0=jnp.zeros(D),
+                adjoint=adjoint,
+                max_steps=3000,
+                throw=False,
+            )
+            rel = jnp.linalg.norm(
+                cell(sol.value, (w, x)) - sol.value
+            ) / jnp.linalg.norm(cell(sol.value, (w, x)))
+            return sol.value @ c, (sol.stats["num_steps"], rel, sol.result._value)
+
+        vals, aux = jax.vmap(one)(xs)
+        return jnp.mean(vals), aux
+
+    step = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    start = time.perf_counter()
+    jax.block_until_ready(step(w, xs))
+    compile_s = time.perf_counter() - start
+
+    def report():
+        (_, (steps, rel, result)), grad = step(w, xs)
+        assert int(jnp.max(result)) == 0, "a forward solve failed"
+        return np.asarray(grad), int(steps.max()), float(rel.max()), compile_s
+
+    return lambda: jax.block_until_ready(step(w, xs)), report
+
+
+def main(repeats, seed):
+    w, xs, c = problem(seed)
+    runs = {}
+    default_threads = torch.get_num_threads()
+    for threads in sorted({1, default_threads}):
+        # On a shared 2-core machine torch's spinning worker threads can slow it
+        # down many times over: run each setting and count torchdeq's best.
+        for solver in ("fixed_point_iter", "anderson"):
+            name = f"torchdeq {solver} + IFT ({threads} thr)"
+            runs[name] = torchdeq_step(w, xs, c, solver, threads)
+    configs = {
+        "unimplicit Anderson + IFT (GMRES)": ("anderson", None),
+        "unimplicit Anderson + IFT (Neumann)": ("anderson", "neumann"),
+        "unimplicit Anderson + IFT (Neumann, m=5)": ("anderson", "neumann_anderson"),
+        "unimplicit FixedPointIteration + IFT (GMRES)": ("fpi", None),
+        "unimplicit FixedPointIteration + IFT (Neumann)": ("fpi", "neumann"),
+    }
+    for name, (backend, linear_solver) in configs.items():
+        runs[name] = unimplicit_step(w, xs, c, backend, linear_solver)
+
+    # Interleaved rounds (every method once per round), so that the machine's
+    # load drifts affect all methods alike; a warm-up round first.
+    times = {name: [] for name in runs}
+    for round_ in range(repeats + 1):
+        for name, (run, _) in runs.items():
+            start = time.perf_counter()
+            run()
+            if round_ > 0:
+                times[name].append(time.perf_counter() - start)
+    torch.set_num_threads(default_threads)
+
+    print(f"DEQ training step, d={D}, batch {BATCH}, relative tolerance {TOL:g}")
+    print(f"median of {repeats} interleaved rounds after a warm-up round")
+    print(f"{'method':>46} {'ms':>8} {'fwd steps':>9} {'rel res':>9} {'compile s':>9}")
+    medians, grads = {}, {}
+    for name, (_, report) in runs.items():
+        grads[name], steps, rel, compile_s = report()
+        medians[name] = float(np.median(times[name]))
+        compiled = "-" if compile_s is None else f"{compile_s:.1f}"
+        print(
+            f"{name:>46} {medians[name] * 1e3:>8.1f} {steps:>9} {rel:>9.1e} "
+            f"{compiled:>9}"
+        )
+    best_torch = min(t for name, t in medians.items() if name.startswith("torchdeq"))
+    print(f"\nbest torchdeq: {best_torch * 1e3:.1f} ms")
+    ref = grads["torchdeq fixed_point_iter + IFT (1 thr)"]
+    for name, t in medians.items():
+        err = np.linalg.norm(grads[name] - ref) / np.linalg.norm(ref)
+        print(
+            f"{name:>46}: {t / best_torch:5.2f}x best torchdeq, "
+            f"gradient rel. diff. to torchdeq fpi (1 thr) {err:.1e}"
+        )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    main(args.repeats, args.seed)
