@@ -89,22 +89,43 @@ class OptimistixBackend(AbstractBackend):
         if trace_len > 0:
             trace = trace.at[0].set(residual_norm(y0))
 
-        def cond_fun(carry):
-            _, _, _, done, result, _ = carry
+        def running(done, result):
             return jnp.invert(done) & (result == optx.RESULTS.successful)
 
+        def cond_fun(carry):
+            _, _, _, done, result, _ = carry
+            if differentiable:
+                return running(done, result)
+            # Under `vmap`, a per-sample predicate makes the loop select between
+            # old and new values of the *whole* carry (solver state included) at
+            # every step. Instead, loop while any sample runs and freeze only the
+            # small per-sample parts below; the solver's state keeps stepping on
+            # finished samples, which is harmless as their `y` no longer changes.
+            return eqxi.unvmap_any(running(done, result))
+
         def body_fun(carry):
-            y, step, dynamic, _, _, trace = carry
+            y, step, dynamic, done, result, trace = carry
+            active = running(done, result)
             state = eqx.combine(static_state, dynamic)
             new_y, new_state, _ = solver.step(fn, y, args, options, state, tags)
-            done, result = solver.terminate(fn, new_y, args, options, new_state, tags)
-            result = optx.RESULTS.where(
-                tree_allfinite(new_y), result, optx.RESULTS.nonfinite
+            new_done, new_result = solver.terminate(
+                fn, new_y, args, options, new_state, tags
             )
+            new_result = optx.RESULTS.where(
+                tree_allfinite(new_y), new_result, optx.RESULTS.nonfinite
+            )
+            new_trace = trace
             if trace_len > 0:
-                trace = trace.at[step + 1].set(residual_norm(new_y), mode="drop")
+                new_trace = trace.at[step + 1].set(residual_norm(new_y), mode="drop")
             new_dynamic, _ = eqx.partition(new_state, eqx.is_array)
-            return new_y, step + 1, new_dynamic, done, result, trace
+            if not differentiable:
+                keep = lambda a, b: jnp.where(active, a, b)
+                new_y = jtu.tree_map(keep, new_y, y)
+                new_done = keep(new_done, done)
+                new_result = optx.RESULTS.where(active, new_result, result)
+                new_trace = keep(new_trace, trace)
+            step = jnp.where(active, step + 1, step)
+            return new_y, step, new_dynamic, new_done, new_result, new_trace
 
         # The loop speaks Optimistix's result type, which the solver's methods
         # expect; it is promoted to ours once the solver is done.
@@ -115,12 +136,19 @@ class OptimistixBackend(AbstractBackend):
         )
         carry = (y0, jnp.array(0), dynamic_state, jnp.array(False), init_result, trace)
         if differentiable:
-            loop = dict(kind="checkpointed", checkpoints=checkpoints)
+            final = eqxi.while_loop(
+                cond_fun,
+                body_fun,
+                carry,
+                max_steps=max_steps,
+                kind="checkpointed",
+                checkpoints=checkpoints,
+            )
         else:
-            loop = dict(kind="lax")
-        y, num_steps, dynamic, done, result, trace = eqxi.while_loop(
-            cond_fun, body_fun, carry, max_steps=max_steps, **loop
-        )
+            final = eqxi.while_loop(
+                cond_fun, body_fun, carry, max_steps=max_steps, kind="lax"
+            )
+        y, num_steps, dynamic, done, result, trace = final
         result = optx.RESULTS.where(
             (result == optx.RESULTS.successful) & jnp.invert(done),
             optx.RESULTS.nonlinear_max_steps_reached,
