@@ -125,9 +125,7 @@ def test_deq_with_unknown_state_shape_errors_clearly():
 
 
 def test_vmap_throw_names_the_failing_sample():
-    run = jax.jit(
-        jax.vmap(lambda a: ui.solve(AFFINE, FPI, a, y0=jnp.array(0.0)).value)
-    )
+    run = jax.jit(jax.vmap(lambda a: ui.solve(AFFINE, FPI, a, y0=jnp.array(0.0)).value))
     assert jnp.allclose(run(jnp.array([0.5, 0.25])), jnp.array([2.0, 4.0 / 3.0]))
     with pytest.raises(Exception, match=r"1 of 3 samples failed; first: #1"):
         jax.block_until_ready(run(jnp.array([0.5, 2.0, 0.25])))
