@@ -204,7 +204,8 @@ if __name__ == "__main__":
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="one epoch only")
     args = parser.parse_args()
     if args.check:
         sys.exit(0 if check(min(args.batch, 64)) else 1)
-    train(args.epochs, args.batch, args.seed)
+    train(1 if args.smoke else args.epochs, args.batch, args.seed)
