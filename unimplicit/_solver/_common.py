@@ -1,5 +1,7 @@
+import jax.flatten_util as jfu
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float
+import optimistix as optx
+from jaxtyping import Array, Bool, Float, PyTree
 
 
 def track_best(
@@ -25,6 +27,26 @@ def track_best(
     best_size = jnp.where(better, size, best_size)
     diverged = jnp.invert(jnp.isfinite(size)) | (size > divergence_ratio * best_size)
     return best_y, best_size, diverged
+
+
+def stop_and_result(
+    error: Float[Array, ""], diverged: Bool[Array, ""]
+) -> tuple[Bool[Array, ""], optx.RESULTS]:
+    """The shared `terminate` rule: stop on convergence (scaled error below one),
+    or on divergence, which is then reported as `nonlinear_divergence`."""
+    converged = error < 1
+    diverged = diverged & jnp.invert(converged)
+    result = optx.RESULTS.where(
+        diverged, optx.RESULTS.nonlinear_divergence, optx.RESULTS.successful
+    )
+    return converged | diverged, result
+
+
+def best_iterate(y: PyTree[Array], best_y: Float[Array, " n"]) -> PyTree[Array]:
+    """The best flat iterate, unravelled into the structure of `y`. Before any step
+    the best iterate is `y0` itself."""
+    _, unravel = jfu.ravel_pytree(y)
+    return unravel(best_y)
 
 
 def is_concrete(x: object) -> bool:

@@ -9,7 +9,13 @@ import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, Bool, Float, Int, PyTree, Scalar
 
-from ._common import check_tolerances, is_concrete, track_best
+from ._common import (
+    best_iterate,
+    check_tolerances,
+    is_concrete,
+    stop_and_result,
+    track_best,
+)
 
 
 def _cholesky_solve(a: Array, b: Array, eps: float) -> tuple[Array, Array]:
@@ -238,12 +244,7 @@ class Anderson(optx.AbstractFixedPointSolver):
         tags: frozenset[object],
     ) -> tuple[Bool[Array, ""], optx.RESULTS]:
         del fn, y, args, options, tags
-        converged = state.error < 1
-        diverged = state.diverged & jnp.invert(converged)
-        result = optx.RESULTS.where(
-            diverged, optx.RESULTS.nonlinear_divergence, optx.RESULTS.successful
-        )
-        return converged | diverged, result
+        return stop_and_result(state.error, state.diverged)
 
     def postprocess(
         self,
@@ -257,9 +258,7 @@ class Anderson(optx.AbstractFixedPointSolver):
         result: optx.RESULTS,
     ) -> tuple[PyTree[Array], Any, dict[str, Any]]:
         del fn, args, options, tags, result
-        _, unravel = jfu.ravel_pytree(y)
-        # Before any step the best iterate is `y0` itself.
-        return unravel(state.best_y), aux, {}
+        return best_iterate(y, state.best_y), aux, {}
 
 
 Anderson.__init__.__doc__ = """**Arguments:**

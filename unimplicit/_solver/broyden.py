@@ -11,7 +11,7 @@ import jax.tree_util as jtu
 import optimistix as optx
 from jaxtyping import Array, Bool, PyTree, Scalar
 
-from ._common import check_tolerances, track_best
+from ._common import best_iterate, check_tolerances, stop_and_result, track_best
 
 
 class _BroydenState(eqx.Module):
@@ -182,12 +182,7 @@ class Broyden(optx.AbstractRootFinder):
         tags: frozenset[object],
     ) -> tuple[Bool[Array, ""], optx.RESULTS]:
         del fn, y, args, options, tags
-        converged = state.error < 1
-        diverged = state.diverged & jnp.invert(converged)
-        result = optx.RESULTS.where(
-            diverged, optx.RESULTS.nonlinear_divergence, optx.RESULTS.successful
-        )
-        return converged | diverged, result
+        return stop_and_result(state.error, state.diverged)
 
     def postprocess(
         self,
@@ -201,8 +196,7 @@ class Broyden(optx.AbstractRootFinder):
         result: optx.RESULTS,
     ) -> tuple[PyTree[Array], Any, dict[str, Any]]:
         del fn, args, options, tags, result
-        _, unravel = jfu.ravel_pytree(y)
-        return unravel(state.best_y), aux, {}
+        return best_iterate(y, state.best_y), aux, {}
 
 
 Broyden.__init__.__doc__ = """**Arguments:**
