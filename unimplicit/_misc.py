@@ -65,3 +65,11 @@ def tree_stop_gradient(tree: PyTree) -> PyTree:
     return jtu.tree_map(
         lambda x: jax.lax.stop_gradient(x) if isinstance(x, jax.Array) else x, tree
     )
+
+
+def check_max_steps(max_steps: object) -> None:
+    """Trace-time check shared by `solve` and the layers that store `max_steps`."""
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int):
+        raise TypeError(f"`max_steps` must be a positive int, not {max_steps!r}.")
+    if max_steps <= 0:
+        raise ValueError(f"`max_steps` must be a positive int, got {max_steps}.")

@@ -12,6 +12,7 @@ from ._adjoint import AbstractAdjoint, ImplicitAdjoint
 from ._backend import AbstractBackend
 from ._condition import AbstractCondition, AbstractEquilibrium
 from ._iterate import is_optimistix_solver, OptimistixBackend
+from ._misc import check_max_steps
 from ._solution import RESULTS, Solution
 
 
@@ -149,10 +150,7 @@ def solve(
             "`condition` must be an unimplicit condition such as `FixedPoint(fn)` or "
             f"`Root(fn)`, not {type(condition).__name__}."
         )
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int):
-        raise TypeError(f"`max_steps` must be a positive int, not {max_steps!r}.")
-    if max_steps <= 0:
-        raise ValueError(f"`max_steps` must be a positive int, got {max_steps}.")
+    check_max_steps(max_steps)
     backend = _as_backend(backend)
     if not backend.supports(condition):
         raise ValueError(

@@ -8,7 +8,7 @@ from jaxtyping import PyTree
 
 from .._adjoint import AbstractAdjoint, ImplicitAdjoint
 from .._condition import FixedPoint
-from .._misc import structure_of
+from .._misc import check_max_steps, structure_of
 from .._solution import Solution
 from .._solve import solve
 from .._solver.anderson import Anderson
@@ -55,10 +55,7 @@ class DEQ(eqx.Module):
         throw: bool = True,
         state: PyTree | None = None,
     ):
-        if isinstance(max_steps, bool) or not isinstance(max_steps, int):
-            raise TypeError(f"`max_steps` must be a positive int, not {max_steps!r}.")
-        if max_steps <= 0:
-            raise ValueError(f"`max_steps` must be a positive int, got {max_steps}.")
+        check_max_steps(max_steps)
         self.cell = cell
         self.backend = _default_backend() if backend is None else backend
         self.adjoint = ImplicitAdjoint() if adjoint is None else adjoint
