@@ -248,7 +248,7 @@ def fixed_point_correction(
     """The fixed-point-correction loss over several solver states.
 
     For states $z_1, \\dots, z_K$ along the forward solve (see
-    [`unimplicit.solver_trajectory`][]) this is
+    [`unimplicit.regularize.solver_trajectory`][]) this is
     $\\sum_k \\gamma^{K-k} \\ell(f(\\mathrm{sg}(z_k), x)) / \\sum_k \\gamma^{K-k}$:
     each state takes one differentiated step of the map (as in Jacobian-free
     backpropagation), and later states weigh more. It supervises the whole solver
