@@ -63,7 +63,13 @@ def examples(session):
 def bench(session):
     """Benchmarks against torchdeq, torchdiffeq, cvxpylayers, qpax, raw Diffrax."""
     _install(session, "bench", extras="[examples]")
-    names = session.posargs or sorted(glob.glob("benchmarks/bench_*.py"))
+    # Every benchmark script; `gpu_check.py` is for a machine with a GPU and is run
+    # by hand there. `nox -s bench -- benchmarks/x.py` runs one.
+    names = session.posargs or sorted(
+        path
+        for path in glob.glob("benchmarks/*.py")
+        if os.path.basename(path) != "gpu_check.py"
+    )
     for path in names:
         session.run("python", path, env={"PYTHONPATH": os.getcwd()})
 
