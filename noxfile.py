@@ -13,6 +13,7 @@ nox.options.reuse_existing_virtualenvs = True
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 # Each example takes `--smoke`: a few steps, enough to show it runs end to end.
 EXAMPLES = sorted(glob.glob("examples/*.py"))
+TUTORIALS = sorted(glob.glob("docs/tutorials/*.py"))
 
 
 def _install(session, *groups, extras=""):
@@ -52,11 +53,16 @@ def demo(session):
 
 @nox.session
 def examples(session):
-    """Every example in smoke mode (a few steps each)."""
+    """Every example and tutorial in smoke mode (a few steps each)."""
     _install(session, extras="[examples]")
     env = {"MPLBACKEND": "Agg"}
     for path in EXAMPLES:
         session.run("python", path, "--smoke", env=env)
+    # The tutorials too; their smoke-run figures go to a scratch folder, so that
+    # the docs keep the figures of full runs.
+    scratch = session.create_tmp()
+    for path in TUTORIALS:
+        session.run("python", path, "--smoke", "--out", scratch, env=env)
 
 
 @nox.session

@@ -42,6 +42,12 @@ class Cell(eqx.Module):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="fewer timing repeats")
+    parser.add_argument(
+        "--out",
+        type=pathlib.Path,
+        default=FIGURES,
+        help="where the figure goes (default: the docs' figures)",
+    )
     cli = parser.parse_args()
     repeats = 2 if cli.smoke else 5
     cell = Cell(0.8 * jax.random.orthogonal(jax.random.PRNGKey(0), D))
@@ -97,9 +103,9 @@ def main():
     for ax in (ax1, ax2):
         ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    fig.savefig(FIGURES / "backends.png", dpi=120)
-    print(f"saved {FIGURES / 'backends.png'}")
+    cli.out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(cli.out / "backends.png", dpi=120)
+    print(f"saved {cli.out / 'backends.png'}")
 
 
 if __name__ == "__main__":

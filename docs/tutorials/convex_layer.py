@@ -38,6 +38,12 @@ N = 3
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="fewer sweep points")
+    parser.add_argument(
+        "--out",
+        type=pathlib.Path,
+        default=FIGURES,
+        help="where the figure goes (default: the docs' figures)",
+    )
     cli = parser.parse_args()
 
     y = cp.Parameter(N)
@@ -77,9 +83,9 @@ def main():
     ax1.legend()
     ax2.legend()
     fig.tight_layout()
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    fig.savefig(FIGURES / "convex_layer.png", dpi=120)
-    print(f"saved {FIGURES / 'convex_layer.png'}")
+    cli.out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(cli.out / "convex_layer.png", dpi=120)
+    print(f"saved {cli.out / 'convex_layer.png'}")
 
 
 if __name__ == "__main__":

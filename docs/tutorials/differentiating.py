@@ -78,6 +78,12 @@ def peak_mib(adjoint, iterations, x):
 def main():
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="fewer sizes")
+    parser.add_argument(
+        "--out",
+        type=pathlib.Path,
+        default=FIGURES,
+        help="where the figure goes (default: the docs' figures)",
+    )
     cli = parser.parse_args()
     x = 0.1 * jax.random.normal(jax.random.PRNGKey(1), (BATCH, D))
 
@@ -112,9 +118,9 @@ def main():
     ax.set_title(f"DEQ training step, d={D}, batch {BATCH}, float32")
     ax.legend()
     fig.tight_layout()
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    fig.savefig(FIGURES / "differentiating.png", dpi=120)
-    print(f"saved {FIGURES / 'differentiating.png'}")
+    cli.out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(cli.out / "differentiating.png", dpi=120)
+    print(f"saved {cli.out / 'differentiating.png'}")
 
 
 if __name__ == "__main__":

@@ -64,7 +64,13 @@ class Cell(eqx.Module):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="(already fast)")
-    parser.parse_args()
+    parser.add_argument(
+        "--out",
+        type=pathlib.Path,
+        default=FIGURES,
+        help="where the figure goes (default: the docs' figures)",
+    )
+    cli = parser.parse_args()
     keys = jax.random.split(jax.random.PRNGKey(0), 6)
     x = jax.random.normal(keys[0], (D,))
 
@@ -124,9 +130,9 @@ def main():
     ax2.set_title("deeper weight-tied nets converge to the DEQ")
     ax2.legend()
     fig.tight_layout()
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    fig.savefig(FIGURES / "resnet_to_deq.png", dpi=120)
-    print(f"saved {FIGURES / 'resnet_to_deq.png'}")
+    cli.out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(cli.out / "resnet_to_deq.png", dpi=120)
+    print(f"saved {cli.out / 'resnet_to_deq.png'}")
 
 
 def _blocks(net, x):

@@ -37,6 +37,12 @@ def cell(z, args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="a smaller problem")
+    parser.add_argument(
+        "--out",
+        type=pathlib.Path,
+        default=FIGURES,
+        help="where the figure goes (default: the docs' figures)",
+    )
     cli = parser.parse_args()
     d = 32 if cli.smoke else 128
     steps = 60 if cli.smoke else 150
@@ -81,9 +87,9 @@ def main():
     ax.set_title(f"z = tanh(Wz + x), d={d}, eigenvalues of W in [-0.5, 0.97]")
     ax.legend()
     fig.tight_layout()
-    FIGURES.mkdir(parents=True, exist_ok=True)
-    fig.savefig(FIGURES / "solvers.png", dpi=120)
-    print(f"saved {FIGURES / 'solvers.png'}")
+    cli.out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(cli.out / "solvers.png", dpi=120)
+    print(f"saved {cli.out / 'solvers.png'}")
 
 
 if __name__ == "__main__":
