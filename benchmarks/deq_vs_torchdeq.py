@@ -1,8 +1,10 @@
 """A DEQ training step (forward solve + implicit backward) against torchdeq 0.1.0.
 
-Problem (issue 3): the tanh cell z -> tanh(W z + x), d = 256, batch 128, W = 0.99 Q
-(Q random orthogonal), inputs x ~ 0.1 N(0, I), float32 on CPU. The loss is
-mean_b c . z*_b for a fixed vector c, differentiated with respect to W.
+Problem (issue 3): the tanh cell z -> tanh(W z + x), d = 256, batch 128, inputs
+x ~ 0.1 N(0, I), float32 on CPU, with the W of `deq_solvers.py` (`symmetric`:
+random symmetric with ||W||_2 = 0.99, `nonnormal`, `orthogonal`: 0.99 Q, ...;
+`--problems` picks them). The loss is mean_b c . z*_b for a fixed vector c,
+differentiated with respect to W.
 
 torchdeq: `get_deq(f_solver=s, b_solver=s, ift=True)` for s in `anderson` and
 `fixed_point_iter` (backward solver = forward solver), with 1 and the default
@@ -34,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
 import torch
+from deq_solvers import matrices  # the same W as the function-evaluation study
 from torchdeq import get_deq
 
 import unimplicit as ui
@@ -42,13 +45,11 @@ import unimplicit as ui
 D, BATCH, TOL = 256, 128, 1e-5
 
 
-def problem(seed):
+def problem(seed, name):
     key = jax.random.PRNGKey(seed)
-    k1, k2, k3 = jax.random.split(key, 3)
-    q, _ = jnp.linalg.qr(jax.random.normal(k1, (D, D)))
-    w = 0.99 * q
-    xs = 0.1 * jax.random.normal(k2, (BATCH, D))
-    c = jax.random.normal(k3, (D,))
+    w = matrices(key)[name]
+    xs = 0.1 * jax.random.normal(jax.random.fold_in(key, 1), (BATCH, D))
+    c = jax.random.normal(jax.random.fold_in(key, 2), (D,))
     return w, xs, c
 
 
@@ -75,6 +76,7 @@ def torchdeq_step(w, xs, c, solver, threads):
         zs, info = deq(lambda z: torch.tanh(z @ w_t.T + x_t), torch.zeros(BATCH, D))
         loss = (zs[-1] @ c_t).mean()
         loss.backward()
+        assert w_t.grad is not None
         out.update(loss=float(loss), info=info, grad=w_t.grad.numpy().copy())
 
     def report():
@@ -97,7 +99,7 @@ def backward_norm(cell, w, xs, zs, c):
     return float(jnp.min(jax.jit(jax.vmap(one))(zs, xs)))
 
 
-def unimplicit_step(w, xs, c, backend, linear_solver):
+def unimplicit_step(w, xs, c, backend, linear_solver, history=5):
     def cell(z, args):
         w, x = args
         return jnp.tanh(w @ z + x)
@@ -111,11 +113,11 @@ def unimplicit_step(w, xs, c, backend, linear_solver):
     ref = jax.vmap(reference)(xs).value
     fnorm = float(jnp.min(jnp.linalg.norm(ref, axis=1)))
     # Stop when ||f(z) - z||_2 < 1e-5 min_b ||f(z_b)||: implies torchdeq's rule.
-    tol = dict(rtol=0.0, atol=TOL * 0.99 * fnorm, norm=optx.two_norm)
+    atol = TOL * 0.99 * fnorm
     if backend == "anderson":
-        solver = ui.Anderson(**tol)
+        solver = ui.Anderson(0.0, atol, history=history, norm=optx.two_norm)
     else:
-        solver = optx.FixedPointIteration(**tol)
+        solver = optx.FixedPointIteration(0.0, atol, norm=optx.two_norm)
     if linear_solver in ("neumann", "neumann_anderson"):
         # The same for the backward system u = w + u J (w = c / batch per sample):
         # stop once ||u_k+1 - u_k|| < 1e-5 min_b ||u_b||, which implies torchdeq's
@@ -124,7 +126,7 @@ def unimplicit_step(w, xs, c, backend, linear_solver):
             rtol=0.0,
             atol=TOL * 0.99 * backward_norm(cell, w, xs, ref, c),
             norm=optx.two_norm,
-            history=5 if linear_solver == "neumann_anderson" else 0,
+            history=history if linear_solver == "neumann_anderson" else 0,
             max_steps=3000,
         )
     adjoint = ui.ImplicitAdjoint(linear_solver)
@@ -161,63 +163,74 @@ def unimplicit_step(w, xs, c, backend, linear_solver):
     return lambda: jax.block_until_ready(step(w, xs)), report
 
 
-def main(repeats, seed):
-    w, xs, c = problem(seed)
+CONFIGS = {
+    "unimplicit Anderson + IFT (GMRES)": ("anderson", None, 5),
+    "unimplicit Anderson + IFT (Neumann)": ("anderson", "neumann", 5),
+    "unimplicit Anderson + IFT (Neumann, m=5)": ("anderson", "neumann_anderson", 5),
+    "unimplicit Anderson(m=10) + IFT (Neumann, m=10)": (
+        "anderson",
+        "neumann_anderson",
+        10,
+    ),
+    "unimplicit FixedPointIteration + IFT (GMRES)": ("fpi", None, 5),
+    "unimplicit FixedPointIteration + IFT (Neumann)": ("fpi", "neumann", 5),
+}
+
+
+def main(repeats, seed, name, thread_counts):
+    w, xs, c = problem(seed, name)
     runs = {}
     default_threads = torch.get_num_threads()
-    for threads in sorted({1, default_threads}):
+    for threads in thread_counts:
         # On a shared 2-core machine torch's spinning worker threads can slow it
         # down many times over: run each setting and count torchdeq's best.
         for solver in ("fixed_point_iter", "anderson"):
-            name = f"torchdeq {solver} + IFT ({threads} thr)"
-            runs[name] = torchdeq_step(w, xs, c, solver, threads)
-    configs = {
-        "unimplicit Anderson + IFT (GMRES)": ("anderson", None),
-        "unimplicit Anderson + IFT (Neumann)": ("anderson", "neumann"),
-        "unimplicit Anderson + IFT (Neumann, m=5)": ("anderson", "neumann_anderson"),
-        "unimplicit FixedPointIteration + IFT (GMRES)": ("fpi", None),
-        "unimplicit FixedPointIteration + IFT (Neumann)": ("fpi", "neumann"),
-    }
-    for name, (backend, linear_solver) in configs.items():
-        runs[name] = unimplicit_step(w, xs, c, backend, linear_solver)
+            label = f"torchdeq {solver} + IFT ({threads} thr)"
+            runs[label] = torchdeq_step(w, xs, c, solver, threads)
+    for label, (backend, linear_solver, history) in CONFIGS.items():
+        runs[label] = unimplicit_step(w, xs, c, backend, linear_solver, history)
 
     # Interleaved rounds (every method once per round), so that the machine's
     # load drifts affect all methods alike; a warm-up round first.
-    times = {name: [] for name in runs}
+    times = {label: [] for label in runs}
     for round_ in range(repeats + 1):
-        for name, (run, _) in runs.items():
+        for label, (run, _) in runs.items():
             start = time.perf_counter()
             run()
             if round_ > 0:
-                times[name].append(time.perf_counter() - start)
+                times[label].append(time.perf_counter() - start)
     torch.set_num_threads(default_threads)
 
-    print(f"DEQ training step, d={D}, batch {BATCH}, relative tolerance {TOL:g}")
+    print(f"\nW = {name}: DEQ training step, d={D}, batch {BATCH}, tolerance {TOL:g}")
     print(f"median of {repeats} interleaved rounds after a warm-up round")
-    print(f"{'method':>46} {'ms':>8} {'fwd steps':>9} {'rel res':>9} {'compile s':>9}")
+    print(f"{'method':>48} {'ms':>8} {'fwd steps':>9} {'rel res':>9} {'compile s':>9}")
     medians, grads = {}, {}
-    for name, (_, report) in runs.items():
-        grads[name], steps, rel, compile_s = report()
-        medians[name] = float(np.median(times[name]))
+    for label, (_, report) in runs.items():
+        grads[label], steps, rel, compile_s = report()
+        medians[label] = float(np.median(times[label]))
         compiled = "-" if compile_s is None else f"{compile_s:.1f}"
         print(
-            f"{name:>46} {medians[name] * 1e3:>8.1f} {steps:>9} {rel:>9.1e} "
+            f"{label:>48} {medians[label] * 1e3:>8.1f} {steps:>9} {rel:>9.1e} "
             f"{compiled:>9}"
         )
-    best_torch = min(t for name, t in medians.items() if name.startswith("torchdeq"))
-    print(f"\nbest torchdeq: {best_torch * 1e3:.1f} ms")
-    ref = grads["torchdeq fixed_point_iter + IFT (1 thr)"]
-    for name, t in medians.items():
-        err = np.linalg.norm(grads[name] - ref) / np.linalg.norm(ref)
+    best_torch = min(t for label, t in medians.items() if label.startswith("torch"))
+    print(f"best torchdeq: {best_torch * 1e3:.1f} ms")
+    ref = grads[f"torchdeq fixed_point_iter + IFT ({thread_counts[0]} thr)"]
+    for label, t in medians.items():
+        err = np.linalg.norm(grads[label] - ref) / np.linalg.norm(ref)
         print(
-            f"{name:>46}: {t / best_torch:5.2f}x best torchdeq, "
-            f"gradient rel. diff. to torchdeq fpi (1 thr) {err:.1e}"
+            f"{label:>48}: {t / best_torch:5.2f}x best torchdeq, "
+            f"gradient rel. diff. to torchdeq fpi {err:.1e}"
         )
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--problems", default="symmetric,nonnormal")
+    parser.add_argument("--threads", default="1,2", help="torch thread counts")
     args = parser.parse_args()
-    main(args.repeats, args.seed)
+    counts = [int(t) for t in args.threads.split(",")]
+    for name in args.problems.split(","):
+        main(args.repeats, args.seed, name, counts)
