@@ -230,3 +230,12 @@ def test_mixing_weights_scale_invariant():
     valid = jnp.array([True, True, False])
     alpha = jax.jit(mixing_weights, static_argnums=3)(gram, valid, jnp.array(0), 0.0)
     assert alpha[1] > 0.99 and alpha[2] == 0
+
+
+def test_anderson_reports_residual_without_extra_evaluation():
+    # `solve` takes the residual norm from Anderson's own evaluations instead of
+    # evaluating the map once more; it must be that of the returned value.
+    fn, y0, args = _case("tanh", jnp.float64)
+    sol = ui.solve(ui.FixedPoint(fn), ui.Anderson(1e-6, 1e-8), args, y0=y0)
+    expected = jnp.linalg.norm(fn(sol.value, args) - sol.value)
+    assert jnp.allclose(sol.stats["residual_norm"], expected, rtol=1e-10)
