@@ -19,9 +19,8 @@ unimplicit: `jax.vmap` of `solve(FixedPoint(cell), backend)` with
 at least as strict. The backward linear solve is run with the library default
 (`lineax.GMRES`, rtol = atol = 1e-4 in float32, restart 40: looser than torchdeq's
 backward) and with the Neumann solver, plain and Anderson-accelerated (the same
-conversion as the forward, with min_b ||u_b|| from a reference solve). One more
-row, "tol 1e-4", is the Anderson-accelerated Neumann solver at the default GMRES's
-tolerance: a candidate for DEQ's default backward.
+conversion as the forward, with min_b ||u_b|| from a reference solve).
+`--backward-study` compares candidates for DEQ's default backward instead.
 
 Timings: medians of interleaved rounds (every method once per round) after a
 warm-up round, both libraries in this process, torch with 1 thread and with its
@@ -37,6 +36,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import lineax as lx
 import numpy as np
 import optimistix as optx
 import torch
@@ -104,6 +104,8 @@ def backward_norm(cell, w, xs, zs, c):
 
 
 def unimplicit_step(w, xs, c, backend, linear_solver, history=5):
+    # `linear_solver`: None (the library default), a Lineax solver, or one of the
+    # names below.
     def cell(z, args):
         w, x = args
         return jnp.tanh(w @ z + x)
@@ -122,7 +124,7 @@ def unimplicit_step(w, xs, c, backend, linear_solver, history=5):
         solver = ui.Anderson(0.0, atol, history=history, norm=optx.two_norm)
     else:
         solver = optx.FixedPointIteration(0.0, atol, norm=optx.two_norm)
-    if linear_solver in ("neumann", "neumann_anderson"):
+    if isinstance(linear_solver, str) and linear_solver.startswith("neumann"):
         # The same for the backward system u = w + u J (w = c / batch per sample):
         # stop once ||u_k+1 - u_k|| < 1e-5 min_b ||u_b||, which implies torchdeq's
         # ||u_k+1 - u_k|| / ||u_k+1|| < 1e-5. min_b ||u_b|| from a reference solve.
@@ -133,9 +135,7 @@ def unimplicit_step(w, xs, c, backend, linear_solver, history=5):
             history=history if linear_solver == "neumann_anderson" else 0,
             max_steps=3000,
         )
-    if linear_solver == "candidate":
-        # A candidate for DEQ's default backward: the default GMRES's tolerance.
-        linear_solver = ui.NeumannSolver(1e-4, 1e-4, history=5)
+    assert not isinstance(linear_solver, str), linear_solver
     adjoint = ui.ImplicitAdjoint(linear_solver)
 
     def loss(w, xs):
@@ -179,7 +179,6 @@ CONFIGS = {
         "neumann_anderson",
         10,
     ),
-    "unimplicit Anderson + IFT (Neumann, m=5, tol 1e-4)": ("anderson", "candidate", 5),
     "unimplicit FixedPointIteration + IFT (GMRES)": ("fpi", None, 5),
     "unimplicit FixedPointIteration + IFT (Neumann)": ("fpi", "neumann", 5),
 }
@@ -232,13 +231,76 @@ def main(repeats, seed, name, thread_counts):
         )
 
 
+def backward_study(repeats, seed, name):
+    """Which backward linear solver should DEQ use by default? Anderson forward (as
+    in the table above), float32, each backward at its default-like tolerance; the
+    gradient compared with a float64 one (Anderson and GMRES at 1e-12)."""
+    w, xs, c = problem(seed, name)
+    with jax.enable_x64(True):
+        w64, xs64, c64 = (jnp.asarray(np.asarray(a, np.float64)) for a in (w, xs, c))
+
+        def loss64(w):
+            def one(x):
+                sol = ui.solve(
+                    ui.FixedPoint(lambda z, a: jnp.tanh(a[0] @ z + a[1])),
+                    ui.Anderson(1e-12, 1e-12),
+                    (w, x),
+                    y0=jnp.zeros(D),
+                    max_steps=3000,
+                    adjoint=ui.ImplicitAdjoint(
+                        lx.GMRES(1e-12, 1e-12, restart=100, stagnation_iters=100)
+                    ),
+                )
+                return sol.value @ c64
+
+            return jnp.mean(jax.vmap(one)(xs64))
+
+        exact = np.asarray(jax.jit(jax.grad(loss64))(w64))
+    candidates = {
+        "GMRES (the default: 1e-4, restart 40)": None,
+        "NeumannSolver(1e-4, 1e-8)": ui.NeumannSolver(1e-4, 1e-8, max_steps=3000),
+        "NeumannSolver(1e-4, 1e-8, history=5)": ui.NeumannSolver(
+            1e-4, 1e-8, history=5, max_steps=3000
+        ),
+        "NeumannSolver(1e-4, 1e-6, history=5)": ui.NeumannSolver(
+            1e-4, 1e-6, history=5, max_steps=3000
+        ),
+    }
+    runs = {
+        label: unimplicit_step(w, xs, c, "anderson", solver)
+        for label, solver in candidates.items()
+    }
+    times = {label: [] for label in runs}
+    for round_ in range(repeats + 1):
+        for label, (run, _) in runs.items():
+            start = time.perf_counter()
+            run()
+            if round_ > 0:
+                times[label].append(time.perf_counter() - start)
+    print(f"\nW = {name}: backward solvers for DEQ, Anderson forward at 1e-5")
+    print(f"{'backward':>40} {'ms':>8} {'grad err vs f64':>16} {'compile s':>9}")
+    for label, (_, report) in runs.items():
+        grad, _, _, compile_s = report()
+        err = np.linalg.norm(grad - exact) / np.linalg.norm(exact)
+        ms = np.median(times[label]) * 1e3
+        print(f"{label:>40} {ms:>8.1f} {err:>16.1e} {compile_s:>9.1f}")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--problems", default="symmetric,nonnormal")
     parser.add_argument("--threads", default="1,2", help="torch thread counts")
+    parser.add_argument(
+        "--backward-study",
+        action="store_true",
+        help="compare backward linear solvers for DEQ instead (no torch)",
+    )
     args = parser.parse_args()
     counts = [int(t) for t in args.threads.split(",")]
     for name in args.problems.split(","):
-        main(args.repeats, args.seed, name, counts)
+        if args.backward_study:
+            backward_study(args.repeats, args.seed, name)
+        else:
+            main(args.repeats, args.seed, name, counts)
