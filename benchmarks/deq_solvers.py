@@ -115,6 +115,27 @@ def reference(w, xs):
         return np.asarray(solve(x64))
 
 
+def sweep(ws, xs, steps):
+    """Anderson's evaluations (max over the batch) for a grid of its parameters."""
+    grid = [(m, 1.0) for m in (3, 5, 8, 10, 16)] + [(m, 0.9) for m in (5, 8, 10)]
+    grid += [(5, 1.0, 1e-6)]
+    print("(a') Anderson's evaluations to relative residual 1e-05, by parameters")
+    print(f"{'W':>11} " + " ".join(f"{f'm={g[0]},b={g[1]}':>9}" for g in grid[:-1]))
+    for wname, w in ws.items():
+        counts = []
+        for params in grid[:-1]:
+            solver = ui.Anderson(0.0, 0.0, history=params[0], mixing=params[1])
+            rels, _ = trace(solver, False, w, xs, steps)
+            hit = np.asarray(rels) <= TARGET
+            counts.append(int(hit.argmax(axis=1).max()) + 1 if hit.any(1).all() else -1)
+        solver = ui.Anderson(0.0, 0.0, ridge=1e-6)
+        rels, _ = trace(solver, False, w, xs, steps)
+        hit = np.asarray(rels) <= TARGET
+        same = int(hit.argmax(axis=1).max()) + 1 == counts[1]
+        line = " ".join(f"{c:>9}" for c in counts)
+        print(f"{wname:>11} {line}   ridge 1e-6 same as 1e-4: {same}")
+
+
 def krylov_bound(w, xs, ref, samples=8):
     """Fewest evaluations any Krylov method (Anderson, Broyden, GMRES) can need.
 
@@ -306,12 +327,16 @@ if __name__ == "__main__":
     parser.add_argument("--iters", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--part", choices=("all", "fevals", "overhead"), default="all")
+    parser.add_argument(
+        "--part", choices=("all", "fevals", "sweep", "overhead"), default="all"
+    )
     args = parser.parse_args()
     key = jax.random.PRNGKey(args.seed)
     ws = matrices(key)
     xs = 0.1 * jax.random.normal(jax.random.fold_in(key, 1), (BATCH, D))
     if args.part in ("all", "fevals"):
         fevals(ws, xs, args.steps)
+    if args.part == "sweep":
+        sweep(ws, xs, args.steps)
     if args.part in ("all", "overhead"):
         overhead(ws, xs, args.iters, args.repeats)
