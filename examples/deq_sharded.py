@@ -59,8 +59,7 @@ class Classifier(eqx.Module):
             cell,
             backend=ui.Anderson(rtol=tol, atol=tol),
             # The backward pass u = w + u J by Anderson-accelerated fixed-point
-            # iteration (the default, GMRES, intermittently hangs when sharded over
-            # simulated CPU devices; see benchmarks/RESULTS.md).
+            # iteration (as by default), at the forward pass's tolerance.
             adjoint=ui.ImplicitAdjoint(ui.NeumannSolver(tol, tol, history=5)),
             max_steps=100,
             throw=False,

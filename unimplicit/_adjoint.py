@@ -69,11 +69,14 @@ class ImplicitAdjoint(AbstractAdjoint):
     **Arguments:**
 
     - `linear_solver`: a Lineax solver for the system in `∂F/∂y`. `None` picks the
-        condition's default: matrix-free `lineax.GMRES` (tolerance `1e-10` in
-        float64, `1e-5` in float32) for `FixedPoint`/`Root`, so no Jacobian is ever
-        materialised; dense LU for the small KKT systems of convex programs. A
-        backward solve that fails (a singular `I - ∂f/∂y`, say) raises an error
-        rather than returning NaN gradients.
+        condition's default, all matrix-free for `FixedPoint`/`Root`, so no
+        Jacobian is ever materialised: for a `FixedPoint` (and so a `DEQ`),
+        Anderson-accelerated fixed-point iteration on `u = w + u ∂f/∂y`
+        ([`unimplicit.NeumannSolver`][] with `history=5`; `rtol=1e-4, atol=1e-8` in
+        float32, `1e-10, 1e-12` in float64); for a `Root`, `lineax.GMRES`
+        (tolerance `1e-4` in float32, `1e-10` in float64); dense LU for the small
+        KKT systems of convex programs. A backward solve that fails (a singular
+        `I - ∂f/∂y`, say) raises an error rather than returning NaN gradients.
     - `tags`: Lineax tags describing `∂F/∂y`, e.g. `lineax.symmetric_tag`.
     """
 
