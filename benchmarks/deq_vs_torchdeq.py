@@ -17,8 +17,10 @@ unimplicit: `jax.vmap` of `solve(FixedPoint(cell), backend)` with
 `rtol=0, atol=1e-5 * min_b ||f(z*_b)||, norm=two_norm` they stop once
 ||f(z) - z||_2 < 1e-5 min_b ||f(z*_b)||, which implies torchdeq's per-sample rule:
 at least as strict. The backward linear solve is run with the library default
-(`lineax.GMRES`, rtol = atol = 1e-4 in float32, restart 40: looser than torchdeq's
-backward) and with the Neumann solver, plain and Anderson-accelerated (the same
+for fixed points (`NeumannSolver(rtol=1e-4, atol=1e-8, history=5)` in float32:
+Anderson-accelerated, elementwise test, looser than torchdeq's backward), with
+`lineax.GMRES` (rtol = atol = 1e-4, restart 40; the default before) and with the
+Neumann solver at torchdeq's rule, plain and Anderson-accelerated (the same
 conversion as the forward, with min_b ||u_b|| from a reference solve).
 `--backward-study` compares candidates for DEQ's default backward instead.
 
@@ -124,6 +126,8 @@ def unimplicit_step(w, xs, c, backend, linear_solver, history=5):
         solver = ui.Anderson(0.0, atol, history=history, norm=optx.two_norm)
     else:
         solver = optx.FixedPointIteration(0.0, atol, norm=optx.two_norm)
+    if linear_solver == "gmres":
+        linear_solver = lx.GMRES(1e-4, 1e-4, restart=40, stagnation_iters=40)
     if isinstance(linear_solver, str) and linear_solver.startswith("neumann"):
         # The same for the backward system u = w + u J (w = c / batch per sample):
         # stop once ||u_k+1 - u_k|| < 1e-5 min_b ||u_b||, which implies torchdeq's
@@ -171,7 +175,8 @@ def unimplicit_step(w, xs, c, backend, linear_solver, history=5):
 
 
 CONFIGS = {
-    "unimplicit Anderson + IFT (GMRES)": ("anderson", None, 5),
+    "unimplicit Anderson + IFT (default backward)": ("anderson", None, 5),
+    "unimplicit Anderson + IFT (GMRES)": ("anderson", "gmres", 5),
     "unimplicit Anderson + IFT (Neumann)": ("anderson", "neumann", 5),
     "unimplicit Anderson + IFT (Neumann, m=5)": ("anderson", "neumann_anderson", 5),
     "unimplicit Anderson(m=10) + IFT (Neumann, m=10)": (
@@ -179,7 +184,7 @@ CONFIGS = {
         "neumann_anderson",
         10,
     ),
-    "unimplicit FixedPointIteration + IFT (GMRES)": ("fpi", None, 5),
+    "unimplicit FixedPointIteration + IFT (default backward)": ("fpi", None, 5),
     "unimplicit FixedPointIteration + IFT (Neumann)": ("fpi", "neumann", 5),
 }
 
@@ -257,7 +262,10 @@ def backward_study(repeats, seed, name):
 
         exact = np.asarray(jax.jit(jax.grad(loss64))(w64))
     candidates = {
-        "GMRES (the default: 1e-4, restart 40)": None,
+        "GMRES (1e-4, restart 40; the old default)": lx.GMRES(
+            1e-4, 1e-4, restart=40, stagnation_iters=40
+        ),
+        "the default (NeumannSolver(1e-4, 1e-8, history=5))": None,
         "NeumannSolver(1e-4, 1e-8)": ui.NeumannSolver(1e-4, 1e-8, max_steps=3000),
         "NeumannSolver(1e-4, 1e-8, history=5)": ui.NeumannSolver(
             1e-4, 1e-8, history=5, max_steps=3000
