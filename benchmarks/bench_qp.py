@@ -1,6 +1,7 @@
 """Batched dense QP layers, forward + backward: unimplicit vs qpax vs cvxpylayers.
 
     python benchmarks/bench_qp.py [--sizes small,large] [--reps 9] [--cvx-reps 3]
+    python benchmarks/bench_qp.py --float32 [--sizes small] [--seeds 0,1,2]
 
 The problem, identical for every library (float64, CPU):
 
@@ -14,6 +15,10 @@ Each library is timed on `value_and_grad` of the loss after compilation
 interleaved rounds so that the shared machine's load hits every library alike;
 medians are reported. Accuracy is the largest error in `x` against Clarabel at
 tight tolerances on the first few samples.
+
+`--float32` instead solves the same problems in float32 at the default (float32)
+tolerance and reports how many solved and the largest error in `x` against float64
+solves at the same tolerance and at 1e-12 (no timing).
 """
 
 import argparse
@@ -153,13 +158,47 @@ def run(size, reps, cvx_reps, check):
         )
 
 
+def float32_check(size, seed):
+    batch, n, m, p = SIZES[size]
+    args, _ = problems(batch, n, m, p, seed=seed)
+
+    def run(tol):
+        def one(F, q, A, b, G, h):
+            qp = ui.QuadraticProgram(F.T @ F, q, A, b, G, h)
+            sol = qp.solve(ui.InteriorPoint(tol=tol), throw=False)
+            return sol.value.x, sol.result == ui.RESULTS.successful, sol.stats
+
+        return jax.jit(jax.vmap(one))
+
+    x32, ok32, st32 = run(None)(*(a.astype(jnp.float32) for a in args))
+    x64, ok64, _ = run(1e-4)(*args)
+    ref, ok_ref, _ = run(1e-12)(*args)
+    x32 = np.asarray(x32, np.float64)
+    same = float(np.abs(x32 - np.asarray(x64)).max())
+    tight = float(np.abs(x32 - np.asarray(ref)).max())
+    print(
+        f"{size} seed {seed}: float32 solved {int(ok32.sum())}/{batch} (steps max "
+        f"{int(st32['num_steps'].max())}); float64 at 1e-4 / 1e-12 solved "
+        f"{int(ok64.sum())} / {int(ok_ref.sum())}; max |x32 - x64(1e-4)| = "
+        f"{same:.1e}, max |x32 - x64(1e-12)| = {tight:.1e}, max |x64(1e-4) - "
+        f"x64(1e-12)| = {float(np.abs(np.asarray(x64) - np.asarray(ref)).max()):.1e}"
+    )
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="small,large")
     parser.add_argument("--reps", type=int, default=9)
     parser.add_argument("--cvx-reps", type=int, default=3)
-    parser.add_argument("--check", type=int, default=4)
+    parser.add_argument("--check", type=int, default=16)
+    parser.add_argument("--float32", action="store_true")
+    parser.add_argument("--seeds", default="0,1,2")
     ns = parser.parse_args()
+    if ns.float32:
+        for size in ns.sizes.split(","):
+            for seed in ns.seeds.split(","):
+                float32_check(size, int(seed))
+        return
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, float64")
     for size in ns.sizes.split(","):
         run(size, ns.reps, ns.cvx_reps, ns.check)

@@ -3,6 +3,8 @@
 Problems are tiny and shapes are shared so that few functions compile.
 """
 
+import functools
+
 import cvxpy as cp
 import equinox as eqx
 import jax
@@ -18,6 +20,7 @@ RTOL64 = 1e-6
 RTOL32 = 2e-3
 FD_STEP = 1e-4
 FD_RTOL = 5e-5
+F32_QP_ATOL = 1e-2
 
 
 def _clarabel(prob, x):
@@ -247,3 +250,56 @@ def test_bad_input_messages():
     with pytest.raises(TypeError, match="share one floating dtype"):
         bad = eqx.tree_at(lambda d: d.q, data, jnp.ones(2, jnp.float32))
         ui.solve(ui.ConeProgram(ui.Cones(nonneg=3)), ui.InteriorPoint(), bad)
+
+
+def _qp_batch():
+    # Random strongly convex QPs (as in benchmarks/bench_qp.py); element 1 is made
+    # primal infeasible (x_i <= -1 and x_i >= 1).
+    rng = np.random.default_rng(0)
+    B, n, m = 4, 6, 8
+    F = np.eye(n) + rng.standard_normal((B, n, n)) / np.sqrt(n)
+    Q = np.einsum("bji,bjk->bik", F, F)
+    q, x0 = rng.standard_normal((B, n)), rng.standard_normal((B, n))
+    G = rng.standard_normal((B, m, n))
+    h = np.einsum("bmn,bn->bm", G, x0) + rng.uniform(0.1, 1.0, (B, m))
+    G[1] = np.vstack([np.eye(n)[:4], -np.eye(n)[:4]])
+    h[1] = -1.0
+    return Q, q, G, h
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _solve_qps(tol, Q, q, G, h):
+    def one(Q, q, G, h):
+        qp = ui.QuadraticProgram(Q, q, G=G, h=h)
+        return qp.solve(ui.InteriorPoint(tol=tol), throw=False)
+
+    return jax.vmap(one)(Q, q, G, h)
+
+
+def _results(sol):
+    n = sol.value.x.shape[0]
+    return [jax.tree_util.tree_map(lambda r: r[i], sol.result) for i in range(n)]
+
+
+def test_float32_batch_and_stalled_status():
+    data = _qp_batch()
+    ref = _solve_qps(None, *(jnp.asarray(a, jnp.float64) for a in data))
+    data32 = tuple(jnp.asarray(a, jnp.float32) for a in data)
+    sol = _solve_qps(None, *data32)
+    expected = [ui.RESULTS.successful, ui.RESULTS.primal_infeasible]
+    expected += [ui.RESULTS.successful] * 2
+    assert _results(ref) == expected
+    assert _results(sol) == expected
+    feasible = np.array([0, 2, 3])
+    err = np.abs(np.asarray(sol.value.x, np.float64) - np.asarray(ref.value.x))
+    assert err[feasible].max() < F32_QP_ATOL
+    # A tolerance float32 cannot reach: each feasible element reports a stall
+    # (with a finite iterate), the infeasible one is still certified.
+    tight = _solve_qps(1e-9, *data32)
+    stalled = [ui.RESULTS.stalled, ui.RESULTS.primal_infeasible]
+    assert _results(tight) == stalled + [ui.RESULTS.stalled] * 2
+    assert jnp.all(jnp.isfinite(tight.value.x))
+    with pytest.raises(Exception, match="stalled"):
+        ui.QuadraticProgram(
+            *(a[0] for a in data32[:2]), G=data32[2][0], h=data32[3][0]
+        ).solve(ui.InteriorPoint(tol=1e-9))

@@ -30,6 +30,11 @@ class RESULTS(optx.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
         "The convex program is dual infeasible: the objective is unbounded below."
     )
     linear_solve_failed = "The linear solve inside the solver failed."
+    stalled = (
+        "The interior-point method stalled before reaching its tolerance: rounding "
+        "errors in its linear solves stopped further progress (in float32, try a "
+        "looser `tol`). The value is the last iterate before the stall."
+    )
 
 
 class Solution(eqx.Module, Generic[_Y, _Aux]):

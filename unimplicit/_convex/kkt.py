@@ -13,6 +13,11 @@ positive-definite matrix, factorised by Cholesky when there are no equalities an
 the equality rows entering through a Schur complement. A small regularisation keeps the
 factorisation defined when `P + B^T B` is singular; the outer iteration, which
 recomputes exact residuals every step, absorbs the resulting tiny direction error.
+
+Late in a solve `W^{-2}` spans many orders of magnitude and `P + B^T B` becomes
+ill-conditioned; in float32 the plain solve then loses most of its digits.
+`solve_refined` adds iterative refinement against the unregularised system, which
+recovers them (as long as the factorisation is not wholly wrong).
 """
 
 from collections.abc import Sequence
@@ -70,9 +75,18 @@ def _apply(blocks, scalings, v, method):
     return jnp.concatenate(out)
 
 
+# Rounding in forming `B^T B` is about `n eps` times its largest entry, so
+# `eps * big` does not always keep Cholesky from breaking down (near the boundary
+# of second-order cones especially); a retried step uses this much more.
+_BOOST = 1e4
+
+
 class Factorisation(eqx.Module):
     """A factorised reduced KKT system (internal)."""
 
+    P: Array
+    E: Array  # equality rows of A
+    G: Array  # conic rows of A
     B: Array  # W^{-1} G
     L: Array  # Cholesky factor of H = P + B^T B + reg I
     C: Array  # E L^{-T}
@@ -82,17 +96,28 @@ class Factorisation(eqx.Module):
 
 
 def factorise(
-    P: Array, E: Array, G: Array, blocks, scalings, reg_scale: float
+    P: Array,
+    E: Array,
+    G: Array,
+    blocks,
+    scalings,
+    reg_scale: float,
+    boost: bool | Array = False,
 ) -> Factorisation:
-    """Factorise the reduced system for the given Nesterov-Todd scalings."""
+    """Factorise the reduced system for the given Nesterov-Todd scalings.
+
+    `boost` (a traced boolean allowed) multiplies the dynamic part of the
+    regularisation by `_BOOST`: for retrying a step whose factorisation broke down.
+    """
     n, p = P.shape[0], E.shape[0]
     B = unscale(blocks, scalings, G)
     H = P + B.T @ B
     # A constant floor plus machine precision times (a bound on) the largest pivot,
-    # as Clarabel does; the bound avoids reading the diagonal of H.
+    # as Clarabel does. (Machine precision times each pivot's own size biases the
+    # directions less, but lets Cholesky break down late in some solves.)
     eps = jnp.finfo(H.dtype).eps
     big = jnp.max(jnp.abs(P), initial=0) + jnp.max(jnp.sum(B * B, axis=0), initial=0)
-    reg = reg_scale + eps * big
+    reg = reg_scale + eps * big * jnp.where(boost, _BOOST, 1)
     # Cholesky rather than LU: on CPU, batched LU spends much of its time turning
     # pivots into permutations, and the matrices here are positive definite.
     L = jsl.cholesky(H + reg * jnp.eye(n, dtype=H.dtype), lower=True)
@@ -104,7 +129,7 @@ def factorise(
         if p
         else C[:, :0]
     )
-    return Factorisation(B, L, C, D, tuple(scalings), tuple(blocks))
+    return Factorisation(P, E, G, B, L, C, D, tuple(scalings), tuple(blocks))
 
 
 def solve(f: Factorisation, rx: Array, rp: Array) -> tuple[Array, Array]:
@@ -122,3 +147,24 @@ def solve(f: Factorisation, rx: Array, rp: Array) -> tuple[Array, Array]:
     dx = jsl.solve_triangular(f.L, w1, lower=True, trans="T")
     dy_g = unscale(f.blocks, f.scalings, f.B @ dx - t)
     return dx, jnp.concatenate([dy_e, dy_g], axis=0)
+
+
+def residual(f: Factorisation, dx: Array, dy: Array, rx: Array, rp: Array):
+    """`(rx, rp)` minus the unregularised system applied to `(dx, dy)`."""
+    p = f.E.shape[0]
+    dy_e, dy_g = dy[:p], dy[p:]
+    ex = rx - f.P @ dx - f.E.T @ dy_e - f.G.T @ dy_g
+    w2dy = scale(f.blocks, f.scalings, scale(f.blocks, f.scalings, dy_g))
+    ep = rp - jnp.concatenate([f.E @ dx, f.G @ dx - w2dy], axis=0)
+    return ex, ep
+
+
+def solve_refined(f: Factorisation, rx: Array, rp: Array, steps: int):
+    """`solve`, then `steps` rounds of iterative refinement on the unregularised
+    system: each solves again for what the regularisation and rounding left."""
+    dx, dy = solve(f, rx, rp)
+    for _ in range(steps):
+        ex, ep = residual(f, dx, dy, rx, rp)
+        cx, cy = solve(f, ex, ep)
+        dx, dy = dx + cx, dy + cy
+    return dx, dy
