@@ -174,6 +174,22 @@ def unimplicit_step(w, xs, c, backend, linear_solver, history=5):
     return lambda: jax.block_until_ready(step(w, xs)), report
 
 
+def interleaved(runs, repeats):
+    """Wall times of each `run` over `repeats` rounds, after a warm-up round.
+
+    Every method runs once per round, so that drifts in the machine's load affect
+    all methods alike.
+    """
+    times = {label: [] for label in runs}
+    for round_ in range(repeats + 1):
+        for label, (run, _) in runs.items():
+            start = time.perf_counter()
+            run()
+            if round_ > 0:
+                times[label].append(time.perf_counter() - start)
+    return times
+
+
 CONFIGS = {
     "unimplicit Anderson + IFT (default backward)": ("anderson", None, 5),
     "unimplicit Anderson + IFT (GMRES)": ("anderson", "gmres", 5),
@@ -202,15 +218,7 @@ def main(repeats, seed, name, thread_counts):
     for label, (backend, linear_solver, history) in CONFIGS.items():
         runs[label] = unimplicit_step(w, xs, c, backend, linear_solver, history)
 
-    # Interleaved rounds (every method once per round), so that the machine's
-    # load drifts affect all methods alike; a warm-up round first.
-    times = {label: [] for label in runs}
-    for round_ in range(repeats + 1):
-        for label, (run, _) in runs.items():
-            start = time.perf_counter()
-            run()
-            if round_ > 0:
-                times[label].append(time.perf_counter() - start)
+    times = interleaved(runs, repeats)
     torch.set_num_threads(default_threads)
 
     print(f"\nW = {name}: DEQ training step, d={D}, batch {BATCH}, tolerance {TOL:g}")
@@ -278,13 +286,7 @@ def backward_study(repeats, seed, name):
         label: unimplicit_step(w, xs, c, "anderson", solver)
         for label, solver in candidates.items()
     }
-    times = {label: [] for label in runs}
-    for round_ in range(repeats + 1):
-        for label, (run, _) in runs.items():
-            start = time.perf_counter()
-            run()
-            if round_ > 0:
-                times[label].append(time.perf_counter() - start)
+    times = interleaved(runs, repeats)
     print(f"\nW = {name}: backward solvers for DEQ, Anderson forward at 1e-5")
     print(f"{'backward':>40} {'ms':>8} {'grad err vs f64':>16} {'compile s':>9}")
     for label, (_, report) in runs.items():

@@ -9,8 +9,6 @@ theorem in all three cases) agree; only the cost differs.
 Run: `python docs/tutorials/backends.py` (`--smoke`: fewer timing repeats).
 """
 
-import argparse
-import pathlib
 import time
 
 import diffrax
@@ -19,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import matplotlib
 import optimistix as optx
+from _cli import parse_args
 
 import unimplicit as ui
 
@@ -28,7 +27,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 jax.config.update("jax_enable_x64", True)
-FIGURES = pathlib.Path(__file__).resolve().parents[1] / "figures"
 D, BATCH = 32, 16
 
 
@@ -40,15 +38,7 @@ class Cell(eqx.Module):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="fewer timing repeats")
-    parser.add_argument(
-        "--out",
-        type=pathlib.Path,
-        default=FIGURES,
-        help="where the figure goes (default: the docs' figures)",
-    )
-    cli = parser.parse_args()
+    cli = parse_args(__doc__, smoke="fewer timing repeats")
     repeats = 2 if cli.smoke else 5
     cell = Cell(0.8 * jax.random.orthogonal(jax.random.PRNGKey(0), D))
     x = jax.random.normal(jax.random.PRNGKey(1), (BATCH, D))

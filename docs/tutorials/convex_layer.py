@@ -14,14 +14,12 @@ against finite differences.
 Run: `python docs/tutorials/convex_layer.py` (`--smoke`: fewer sweep points).
 """
 
-import argparse
-import pathlib
-
 import cvxpy as cp
 import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
+from _cli import parse_args
 
 import unimplicit as ui
 
@@ -31,20 +29,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 jax.config.update("jax_enable_x64", True)
-FIGURES = pathlib.Path(__file__).resolve().parents[1] / "figures"
 N = 3
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="fewer sweep points")
-    parser.add_argument(
-        "--out",
-        type=pathlib.Path,
-        default=FIGURES,
-        help="where the figure goes (default: the docs' figures)",
-    )
-    cli = parser.parse_args()
+    cli = parse_args(__doc__, smoke="fewer sweep points")
 
     y = cp.Parameter(N)
     p = cp.Variable(N)

@@ -16,14 +16,12 @@ every iterate) and `UnrolledAdjoint()` (sqrt(n) checkpoints, recomputes the rest
 Run: `python docs/tutorials/differentiating.py` (`--smoke`: fewer sizes).
 """
 
-import argparse
-import pathlib
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import matplotlib
 import optimistix as optx
+from _cli import parse_args
 
 import unimplicit as ui
 
@@ -32,7 +30,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-FIGURES = pathlib.Path(__file__).resolve().parents[1] / "figures"
 D, BATCH = 64, 32
 
 
@@ -76,15 +73,7 @@ def peak_mib(adjoint, iterations, x):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="fewer sizes")
-    parser.add_argument(
-        "--out",
-        type=pathlib.Path,
-        default=FIGURES,
-        help="where the figure goes (default: the docs' figures)",
-    )
-    cli = parser.parse_args()
+    cli = parse_args(__doc__, smoke="fewer sizes")
     x = 0.1 * jax.random.normal(jax.random.PRNGKey(1), (BATCH, D))
 
     # Same gradient both ways (40 iterations converge to float32 precision here).

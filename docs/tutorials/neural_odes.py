@@ -14,8 +14,6 @@ Run: `python docs/tutorials/neural_odes.py` (about a minute on 2 CPU cores;
 `--smoke`: a few training steps, for CI).
 """
 
-import argparse
-import pathlib
 import time
 
 import diffrax
@@ -25,6 +23,7 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 import optax
+from _cli import parse_args
 
 import unimplicit as ui
 
@@ -33,7 +32,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-FIGURES = pathlib.Path(__file__).resolve().parents[1] / "figures"
 # One fixed-step solver for every flow here: Tsit5 with steps of 0.1 (ten over
 # [0, 1]). On the untrained field of part 1 it agrees with a tight adaptive solve
 # to 2e-7, and unlike adaptive stepping with the default `max_steps=4096` it
@@ -157,15 +155,7 @@ def evaluate(model, points):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="a few training steps")
-    parser.add_argument(
-        "--out",
-        type=pathlib.Path,
-        default=FIGURES,
-        help="where the figure goes (default: the docs' figures)",
-    )
-    cli = parser.parse_args()
+    cli = parse_args(__doc__, smoke="a few training steps")
     steps = 3 if cli.smoke else 300
     keys = jax.random.split(jax.random.PRNGKey(0), 8)
     fig, axes = plt.subplots(1, 4, figsize=(17, 4))

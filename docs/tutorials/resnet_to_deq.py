@@ -17,13 +17,11 @@ gets deeper.
 Run: `python docs/tutorials/resnet_to_deq.py` (`--smoke` is the same; it is fast).
 """
 
-import argparse
-import pathlib
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import matplotlib
+from _cli import parse_args
 
 import unimplicit as ui
 
@@ -32,7 +30,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-FIGURES = pathlib.Path(__file__).resolve().parents[1] / "figures"
 D = 8
 
 
@@ -62,15 +59,7 @@ class Cell(eqx.Module):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="(already fast)")
-    parser.add_argument(
-        "--out",
-        type=pathlib.Path,
-        default=FIGURES,
-        help="where the figure goes (default: the docs' figures)",
-    )
-    cli = parser.parse_args()
+    cli = parse_args(__doc__, smoke="(already fast)")
     keys = jax.random.split(jax.random.PRNGKey(0), 6)
     x = jax.random.normal(keys[0], (D,))
 

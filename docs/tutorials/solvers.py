@@ -10,13 +10,11 @@ recorded by `unimplicit.solve(..., options={"trace": k})`.
 Run: `python docs/tutorials/solvers.py` (`--smoke` for a smaller problem).
 """
 
-import argparse
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import matplotlib
 import optimistix as optx
+from _cli import parse_args
 
 import unimplicit as ui
 
@@ -26,7 +24,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 jax.config.update("jax_enable_x64", True)
-FIGURES = pathlib.Path(__file__).resolve().parents[1] / "figures"
 
 
 def cell(z, args):
@@ -35,15 +32,7 @@ def cell(z, args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="a smaller problem")
-    parser.add_argument(
-        "--out",
-        type=pathlib.Path,
-        default=FIGURES,
-        help="where the figure goes (default: the docs' figures)",
-    )
-    cli = parser.parse_args()
+    cli = parse_args(__doc__, smoke="a smaller problem")
     d = 32 if cli.smoke else 128
     steps = 60 if cli.smoke else 150
 
