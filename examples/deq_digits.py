@@ -66,7 +66,7 @@ class DEQClassifier(eqx.Module):
         backend = ui.Anderson(rtol=1e-4, atol=1e-5, history=5)
         # The backward pass solves u^T = w^T + u^T df/dz (the seed talk's equation
         # (9)) by Anderson-accelerated fixed-point iteration, as the forward pass
-        # does; it degrades more gracefully in float32 than GMRES.
+        # does (the library's default for fixed points), here capped at 200 steps.
         adjoint = ui.ImplicitAdjoint(
             ui.NeumannSolver(rtol=1e-4, atol=1e-7, max_steps=200, history=5)
         )
