@@ -48,6 +48,7 @@ _STALL_GROWTH = 10.0
 # A rejected step is retried this much shorter; a sample stalls at its
 # (`_RETRIES` + 1)-th rejection.
 _RETRY_DAMPING = 0.25
+_SLOW = 0.9
 _RETRIES = 2
 _POLISH_STEPS = 3
 
@@ -426,7 +427,7 @@ def solve_cone_program(
         # accuracy of the KKT solves) make the point much worse, or Cholesky
         # can break down. Such a step is rejected and retried shorter, and the
         # sample's factorisations are regularised more strongly from then on; at
-        # the `_RETRIES + 1`-th rejection it stops at its last good iterate,
+        # the `_RETRIES + 1`-th failure it stops at its last good iterate,
         # reported as stalled.
         finite = jnp.all(
             jnp.stack([jnp.all(jnp.isfinite(v)) for v in jtu.tree_leaves(d)])
@@ -438,7 +439,10 @@ def solve_cone_program(
         move = active & ok
         # (A select, not `alpha * 0`: a rejected step may hold NaNs.)
         new = jtu.tree_map(lambda u, du: u + jnp.where(move, alpha * du, 0), it, d)
-        rejected = rejected + ~ok
+        # Steps that barely lower the error near the end count as failures too:
+        # there, only rounding keeps the iteration from its tolerance.
+        slow = (ms.worst <= pb.stall_tol) & (ms_c.worst > _SLOW * ms.worst)
+        rejected = rejected + (~ok | slow)
         give_up = rejected > _RETRIES
         # Where the point did not move, the measure's vectors describe a rejected
         # candidate. The next step recomputes them only if it retries (below);
