@@ -430,11 +430,11 @@ def solve_cone_program(
         # sample's factorisations are regularised more strongly from then on; at
         # the `_RETRIES + 1`-th failure it stops at its last good iterate,
         # reported as stalled.
-        finite = jnp.all(
-            jnp.stack([jnp.all(jnp.isfinite(v)) for v in jtu.tree_leaves(d)])
-        )
         candidate = jtu.tree_map(lambda u, du: u + alpha * du, it, d)
         ms_c = pb.measure(candidate)
+        # `worst` is NaN if any of x, y, s, tau is (and `interior` checks kappa):
+        # one scalar test instead of a reduction over every leaf.
+        finite = jnp.isfinite(ms_c.worst)
         worse = (ms.worst <= pb.stall_tol) & (ms_c.worst > _STALL_GROWTH * ms.worst)
         ok = finite & pb.interior(candidate) & ~worse
         move = active & ok
