@@ -12,8 +12,9 @@ nox.options.reuse_existing_virtualenvs = True
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
 # Each example takes `--smoke`: a few steps, enough to show it runs end to end.
-EXAMPLES = sorted(glob.glob("examples/*.py"))
-TUTORIALS = sorted(glob.glob("docs/tutorials/*.py"))
+# Scripts only: `_cli.py` beside them is the command line they share.
+EXAMPLES = sorted(glob.glob("examples/[!_]*.py"))
+TUTORIALS = sorted(glob.glob("docs/tutorials/[!_]*.py"))
 
 
 def _install(session, *groups, extras=""):
