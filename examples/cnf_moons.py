@@ -15,8 +15,6 @@ Run: `python examples/cnf_moons.py` (a few minutes on a laptop CPU);
 `--smoke` runs a few steps only.
 """
 
-import argparse
-import pathlib
 import time
 
 import diffrax
@@ -26,6 +24,7 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 import optax
+from _cli import example_parser, save_figure
 from sklearn.datasets import make_moons
 
 import unimplicit as ui
@@ -134,20 +133,14 @@ def plot(field, data, path, grid_size):
     for ax in axes:
         ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    print(f"saved {path}")
+    save_figure(fig, path)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="a few steps only")
+    parser = example_parser(__doc__)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--out", type=pathlib.Path, default=pathlib.Path("examples/out")
-    )
     args = parser.parse_args()
     steps, batch = (3, 32) if args.smoke else (args.steps, args.batch)
     field, held_out = train(steps, batch, args.seed)

@@ -18,7 +18,6 @@ predicted abundance vectors. Run: `python examples/convex_projection.py`
 (about a minute on a laptop CPU); `--smoke` runs a few steps only.
 """
 
-import argparse
 import pathlib
 import time
 
@@ -28,6 +27,7 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 import optax
+from _cli import example_parser, save_figure
 
 import unimplicit as ui
 
@@ -136,18 +136,11 @@ def main(smoke: bool, out: pathlib.Path, steps: int, batch: int):
     ax1.set_ylabel("abundance")
     ax1.set_title("true (bars) vs predicted (dots)")
     fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "convex_projection.png"
-    fig.savefig(path, dpi=120)
-    print(f"saved {path}")
+    save_figure(fig, out / "convex_projection.png")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="a few steps only")
-    parser.add_argument(
-        "--out", type=pathlib.Path, default=pathlib.Path("examples/out")
-    )
+    parser = example_parser(__doc__)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch", type=int, default=32)
     args = parser.parse_args()

@@ -14,7 +14,6 @@ Run: `python examples/deq_digits.py` (about a minute on a laptop CPU);
 `--smoke` runs a few steps only.
 """
 
-import argparse
 import pathlib
 import time
 
@@ -24,6 +23,7 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 import optax
+from _cli import example_parser, save_figure
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
@@ -151,7 +151,6 @@ def main(smoke: bool, out: pathlib.Path, epochs: int, seed: int) -> None:
     print(f"training time: {train_time:.1f} s for {total} steps")
 
     traces = np.asarray(residual_traces(model, x_test[:32]))
-    out.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4))
     for trace in traces:
         ax.semilogy(trace, color="tab:blue", alpha=0.25, lw=1)
@@ -167,18 +166,12 @@ def main(smoke: bool, out: pathlib.Path, epochs: int, seed: int) -> None:
     ax.set_title("DEQ on digits: convergence to the fixed point (32 test images)")
     ax.legend()
     fig.tight_layout()
-    path = out / "deq_digits_residual.png"
-    fig.savefig(path, dpi=120)
-    print(f"saved {path}")
+    save_figure(fig, out / "deq_digits_residual.png")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="a few steps only")
+    parser = example_parser(__doc__)
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--out", type=pathlib.Path, default=pathlib.Path("examples/out")
-    )
     args = parser.parse_args()
     main(args.smoke, args.out, args.epochs, args.seed)

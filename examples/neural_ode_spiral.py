@@ -15,8 +15,6 @@ Run: `python examples/neural_ode_spiral.py` (about a minute on a laptop CPU);
 `--smoke` runs a few steps only.
 """
 
-import argparse
-import pathlib
 import time
 
 import diffrax
@@ -25,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import matplotlib
 import optax
+from _cli import example_parser, save_figure
 
 import unimplicit as ui
 
@@ -148,19 +147,13 @@ def plot(field, losses, test, path):
     ax2.semilogy(losses)
     ax2.set(xlabel="training step", ylabel="mean squared error", title="training")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    print(f"saved {path}")
+    save_figure(fig, path)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="a few steps only")
+    parser = example_parser(__doc__)
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--out", type=pathlib.Path, default=pathlib.Path("examples/out")
-    )
     args = parser.parse_args()
     steps = 4 if args.smoke else args.steps
     field, losses, test = train(steps, args.seed)

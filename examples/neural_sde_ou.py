@@ -17,8 +17,6 @@ Run: `python examples/neural_sde_ou.py` (about a minute on a laptop CPU);
 `--smoke` runs a few steps only.
 """
 
-import argparse
-import pathlib
 import time
 
 import diffrax
@@ -27,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import matplotlib
 import optax
+from _cli import example_parser, save_figure
 
 import unimplicit as ui
 
@@ -167,20 +166,14 @@ def plot(model, data, losses, path):
     axes[2].semilogy(losses)
     axes[2].set(xlabel="training step", ylabel="moment loss", title="training")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    print(f"saved {path}")
+    save_figure(fig, path)
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="a few steps only")
+    parser = example_parser(__doc__)
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--paths", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--out", type=pathlib.Path, default=pathlib.Path("examples/out")
-    )
     args = parser.parse_args()
     steps, n_paths = (3, 32) if args.smoke else (args.steps, args.paths)
     model, data, losses = train(steps, n_paths, args.seed)

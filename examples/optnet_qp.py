@@ -17,7 +17,6 @@ curve. Run: `python examples/optnet_qp.py` (about a minute on a laptop CPU);
 `--smoke` runs a few steps only.
 """
 
-import argparse
 import pathlib
 import time
 
@@ -27,6 +26,7 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 import optax
+from _cli import example_parser, save_figure
 from sklearn.linear_model import Ridge
 from sklearn.neural_network import MLPRegressor
 
@@ -134,18 +134,11 @@ def main(smoke: bool, out: pathlib.Path, steps: int, batch: int):
     ax.set_ylabel("training MSE of x")
     ax.set_title("Learning a QP's cost through its solution")
     fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "optnet_qp.png"
-    fig.savefig(path, dpi=120)
-    print(f"saved {path}")
+    save_figure(fig, out / "optnet_qp.png")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="a few steps only")
-    parser.add_argument(
-        "--out", type=pathlib.Path, default=pathlib.Path("examples/out")
-    )
+    parser = example_parser(__doc__)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch", type=int, default=32)
     args = parser.parse_args()

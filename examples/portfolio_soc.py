@@ -20,7 +20,6 @@ returns. Run: `python examples/portfolio_soc.py` (about a minute on a laptop CPU
 `--smoke` runs a few steps only.
 """
 
-import argparse
 import pathlib
 import time
 
@@ -30,6 +29,7 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 import optax
+from _cli import example_parser, save_figure
 
 import unimplicit as ui
 
@@ -133,18 +133,11 @@ def main(smoke: bool, out: pathlib.Path, steps: int, batch: int):
     ax.set_title("Long-only portfolios under a volatility cap (SOC)")
     ax.legend()
     fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "portfolio_soc.png"
-    fig.savefig(path, dpi=120)
-    print(f"saved {path}")
+    save_figure(fig, out / "portfolio_soc.png")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="a few steps only")
-    parser.add_argument(
-        "--out", type=pathlib.Path, default=pathlib.Path("examples/out")
-    )
+    parser = example_parser(__doc__)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch", type=int, default=64)
     args = parser.parse_args()

@@ -24,8 +24,6 @@ Run: `python examples/scene_labelling.py` (about a minute per seed on 2 CPU core
 where the figure goes (default `examples/out/`).
 """
 
-import argparse
-import pathlib
 import time
 
 import equinox as eqx
@@ -36,6 +34,7 @@ import matplotlib.colors
 import numpy as np
 import optax
 import scipy.ndimage
+from _cli import example_parser, save_figure
 
 import unimplicit as ui
 
@@ -268,13 +267,11 @@ def scores(pred, labels, depths):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="a few steps only")
+    parser = example_parser(__doc__)
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--seeds", type=int, default=1)
-    parser.add_argument("--out", type=pathlib.Path, default=None)
     cli = parser.parse_args()
-    out = cli.out or pathlib.Path(__file__).resolve().parent / "out"
+    out = cli.out
     steps = 3 if cli.smoke else cli.steps
     n_train, n_test = (64, 32) if cli.smoke else (1024, 256)
     train_data = make_data(n_train, 0)
@@ -345,9 +342,7 @@ def plot(images, labels, depths, predictions, path):
         "red-, green-, blue-ringed shape"
     )
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    print(f"saved {path}")
+    save_figure(fig, path, dpi=100)
 
 
 if __name__ == "__main__":
