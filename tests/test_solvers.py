@@ -92,6 +92,7 @@ def test_solvers_find_fixed_points(dtype):
 
 def test_solvers_through_unimplicit_solve_and_deq():
     fn, y0, args = _case("tanh", jnp.float64)
+    assert isinstance(y0, jax.Array)
     ref = optx.fixed_point(fn, optx.FixedPointIteration(1e-13, 1e-13), y0, args)
     for solver in _solvers(jnp.float64).values():
         sol = ui.solve(ui.FixedPoint(fn), solver, args, y0=y0)
@@ -129,6 +130,33 @@ def test_per_sample_results_under_vmap():
         steps = sol.stats["num_steps"]
         assert steps[0] < steps[1] and steps.shape == (3,)
         assert jnp.all(sol.stats["residual_norm"][:2] < 1e-6)
+
+
+def test_anderson_under_vmap_matches_unbatched_solves():
+    # `solve`'s loop does not freeze finished samples for Anderson (it freezes
+    # itself): each sample's value, status, steps and residual must still be those
+    # of its own unbatched solve, also when other samples keep iterating after it.
+    def fn(y, a):
+        return a[0] * jnp.tanh(y) + a[1] + a[2] * y
+
+    args = jnp.array([[0.1, 0.5, 0.0], [0.95, 0.5, 0.0], [0.0, 1.0, 1.0]])
+    y0 = jnp.zeros(3)
+
+    @jax.jit
+    def run(a):
+        sol = ui.solve(
+            ui.FixedPoint(fn), ui.Anderson(1e-8, 1e-8), a, y0=y0, throw=False
+        )
+        statuses = (ui.RESULTS.successful, ui.RESULTS.nonlinear_divergence)
+        return sol.value, [sol.result == r for r in statuses], sol.stats
+
+    batched = jax.vmap(run)(args)
+    for i in range(args.shape[0]):
+        value, result, stats = run(args[i])
+        assert jnp.allclose(batched[0][i], value, rtol=1e-12, atol=0)
+        assert [b[i] for b in batched[1]] == result
+        for key in ("num_steps", "residual_norm", "relative_residual"):
+            assert jnp.allclose(batched[2][key][i], stats[key], rtol=1e-12)
 
 
 def test_anderson_returns_best_iterate_on_diverging_map():

@@ -11,6 +11,7 @@ def track_best(
     best_y: Float[Array, " n"],
     best_size: Float[Array, ""],
     divergence_ratio: float,
+    frozen: Bool[Array, ""] | bool = False,
 ) -> tuple[Float[Array, " n"], Float[Array, ""], Bool[Array, ""]]:
     """Update the best iterate seen so far and decide whether the solve diverged.
 
@@ -19,10 +20,11 @@ def track_best(
     successful solve returns the iterate that met the tolerance. (`<` is False for
     NaN, so a non-finite residual never becomes best.) The solve has diverged once
     the residual is non-finite or exceeds `divergence_ratio` times the best one.
+    While `frozen`, the best iterate is kept whatever the new one is.
 
     **Returns:** `(best_y, best_size, diverged)`.
     """
-    better = (size < best_size) | converged
+    better = ((size < best_size) | converged) & jnp.invert(frozen)
     best_y = jnp.where(better, y, best_y)
     best_size = jnp.where(better, size, best_size)
     diverged = jnp.invert(jnp.isfinite(size)) | (size > divergence_ratio * best_size)

@@ -1,5 +1,5 @@
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import equinox.internal as eqxi
@@ -144,6 +144,10 @@ class Anderson(optx.AbstractFixedPointSolver):
     ridge: float = 1e-4
     norm: Callable[[PyTree], Scalar] = optx.max_norm
     divergence_ratio: float = 1e4
+    # Read by `unimplicit.solve`'s loop: once `terminate` holds for a sample, `step`
+    # leaves its best iterate, error and divergence flag alone, so the loop need not
+    # freeze that sample's `y` (see `step`).
+    _self_freezing: ClassVar[bool] = True
 
     def __check_init__(self):
         if not isinstance(self.history, int) or self.history < 1:
@@ -159,6 +163,21 @@ class Anderson(optx.AbstractFixedPointSolver):
                 f"Anderson(ridge=...) must be non-negative, got {self.ridge!r}."
             )
         check_tolerances("Anderson", self.rtol, self.atol, self.divergence_ratio)
+
+    def _error(self, g: Array, flat_f: Array, unravel: Callable, dtype) -> Array:
+        """The scaled error `norm(g / (atol + rtol |f|))`; only `error < 1` is used."""
+        if self.norm is optx.max_norm:
+            # For the max norm, `error < 1` is `|g_i| < atol + rtol |f_i|` for every
+            # i (NaN fails both). Tested without the divide, as one elementwise
+            # comparison and a boolean reduction: XLA's CPU backend runs the scaled
+            # max as a slow float reduction (a third of a tanh cell's evaluation at
+            # d = 256). The value then only says which side of one it is on.
+            with jax.numpy_dtype_promotion("standard"):
+                ok = jnp.all(jnp.abs(g) < self.atol + self.rtol * jnp.abs(flat_f))
+            return jnp.where(ok, 0, jnp.inf).astype(dtype)
+        with jax.numpy_dtype_promotion("standard"):
+            scaled = g / (self.atol + self.rtol * jnp.abs(flat_f))
+            return jnp.asarray(self.norm(unravel(scaled)), dtype)
 
     def init(
         self,
@@ -201,13 +220,11 @@ class Anderson(optx.AbstractFixedPointSolver):
         f_y, aux = fn(y, args)
         flat_f, _ = jfu.ravel_pytree(f_y)
         g = flat_f - flat_y
-        with jax.numpy_dtype_promotion("standard"):
-            scaled = g / (self.atol + self.rtol * jnp.abs(flat_f))
-            error = jnp.asarray(self.norm(unravel(scaled)), state.error.dtype)
+        error = self._error(g, flat_f, unravel, state.error.dtype)
 
         m = self.history
-        # Every sample that is still iterating under `vmap` has taken the same number
-        # of steps (finished ones are frozen by the loop), so the slot can be an
+        # Under `vmap` every sample steps together (finished ones keep stepping,
+        # frozen where it matters), so all share one count and the slot can be an
         # unbatched index: a cheap in-place update instead of a scatter.
         slot = eqxi.unvmap_max(state.count) % m
         f_hist = jax.lax.dynamic_update_index_in_dim(state.f_hist, flat_f, slot, 0)
@@ -225,7 +242,13 @@ class Anderson(optx.AbstractFixedPointSolver):
 
         # The squared 2-norm of the residual is the new diagonal entry of the Gram
         # matrix: judging the best iterate by it costs no extra pass over `g`.
+        # The squared 2-norm of the residual is the new diagonal entry of the Gram
+        # matrix: judging the best iterate by it costs no extra pass over `g`.
         size = jnp.sqrt(jnp.maximum(row[slot], 0)).astype(state.best_error.dtype)
+        # Under `vmap`, `unimplicit.solve`'s loop keeps stepping samples that have
+        # finished (their iterates then change freely): freeze what is returned from
+        # the step at which `terminate` first held, as an unbatched solve would stop.
+        finished = (state.error < 1) | state.diverged
         best_y, best_error, diverged = track_best(
             flat_y,
             size,
@@ -233,7 +256,10 @@ class Anderson(optx.AbstractFixedPointSolver):
             state.best_y,
             state.best_error,
             self.divergence_ratio,
+            frozen=finished,
         )
+        error = jnp.where(finished, state.error, error)
+        diverged = jnp.where(finished, state.diverged, diverged)
         new_state = _AndersonState(
             f_hist=f_hist,
             g_hist=g_hist,
