@@ -12,9 +12,12 @@ complementarity residual). Eliminating `ds = r2 - A dx` leaves the `(n + m)` sys
     K = [ P         A^T ]
         [ -C_s A    C_y ]
 
-factorised once by LU; the transposed system, which reverse mode solves, uses the
-same factors. This is about `((n + 2m) / (n + m))^3` times cheaper than LU on the
-whole Jacobian (3.4x for `m = n`).
+factorised once; the transposed system, which reverse mode solves, uses the same
+factors. With only zero and nonnegative rows (QPs, LPs) `C_y`, `C_s` are diagonal
+and the factorisation is the interior-point method's own normal-equations
+Cholesky (`kkt.py`), used as a preconditioner and refined against `K` (at
+`n = m = 128`, about 2x cheaper than LU of `K` on CPU); otherwise it is an LU of
+`K`, about `((n + 2m) / (n + m))^3` times cheaper than LU on the whole Jacobian.
 
 The solver reads `P`, `A`, `C_y`, `C_s` off the operator by applying it to `n`
 basis vectors in `x` and to a few "comb" vectors in `y` and `s` (as many as the
@@ -22,6 +25,7 @@ largest cone block), so it is only valid for this residual's structure: it is
 what `ConeProgram.default_linear_solver` returns, not a general-purpose solver.
 """
 
+import dataclasses
 from typing import Any
 
 import equinox as eqx
@@ -32,8 +36,9 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, PyTree
 
+from . import kkt
 from .cone_program import PrimalDual
-from .cones import Cones
+from .cones import Cones, NonnegativeCone
 
 
 def _block_layout(cones: Cones):
@@ -77,15 +82,99 @@ class _State(eqx.Module):
     transposed: bool = eqx.field(static=True)
 
 
+class _DiagonalState(eqx.Module):
+    """Zero and nonnegative rows only: the Cholesky route (see `_diagonal_init`)."""
+
+    factor: kkt.Factorisation
+    P: Array
+    A: Array
+    c_y: Array
+    c_s: Array
+    zero: int = eqx.field(static=True)
+    transposed: bool = eqx.field(static=True)
+
+
+# Rounds of iterative refinement against the exact Jacobian.
+_REFINE = 2
+
+
+def _diagonal_init(P, A, c_y, c_s, zero):
+    """Factorise a preconditioner for the Jacobian with zero and nonnegative rows.
+
+    There `C_y = diag(s)`, `C_s = diag(y)` on the nonnegative rows and `(0, 1)` on
+    the equality rows, so dividing the nonnegative rows by `-y` turns the system
+    into the interior-point method's own quasi-definite one, `[[P, A^T], [A, -D]]`
+    with `D = s / y` on those rows and `0` on the equality rows, solved by a
+    Cholesky of `P + G^T D^{-1} G` (about a third of an LU of the `(n + m)`
+    system, and batched Cholesky is much faster than batched LU on CPU).
+
+    At a solution `D` spans about `1/tol^2`, and the normal equations then lose
+    about as many digits. So `D` is floored at `sqrt(eps)` (relative to the scales
+    of `P` and `G`) in the factorisation, which keeps it accurate, and the
+    solve is refined against the exact system (`_diagonal_compute`): the floor
+    changes only rows that are active to within `sqrt(eps)`, which refinement
+    corrects quickly.
+    """
+    m = A.shape[0]
+    G = A[zero:]
+    eps = jnp.finfo(A.dtype).eps
+    scale = jnp.maximum(1, jnp.max(jnp.abs(P), initial=0)) / jnp.maximum(
+        1, jnp.max(jnp.sum(G * G, axis=1), initial=0)
+    )
+    d = jnp.maximum(c_y[zero:] / c_s[zero:], jnp.sqrt(eps) * scale)
+    blocks = (NonnegativeCone(m - zero),) if m > zero else ()
+    scalings = (jnp.sqrt(d),) if m > zero else ()
+    return kkt.factorise(P, A[:zero], G, blocks, scalings, float(eps) ** (2 / 3))
+
+
+def _diagonal_apply(state: _DiagonalState, u1, u2):
+    """The exact slack-eliminated Jacobian (or its transpose) times `(u1, u2)`."""
+    P, A, c_y, c_s = state.P, state.A, state.c_y, state.c_s
+    if state.transposed:
+        return P @ u1 - A.T @ (c_s * u2), A @ u1 + c_y * u2
+    return P @ u1 + A.T @ u2, -c_s * (A @ u1) + c_y * u2
+
+
+def _diagonal_solve(state: _DiagonalState, r1, r2):
+    """One solve through the factorisation (approximate: regularised)."""
+    zero, c_y, c_s = state.zero, state.c_y, state.c_s
+    if state.transposed:
+        # P u1 - A^T (c_s u2) = r1, A u1 + c_y u2 = r2: with v = -c_s u2 this is
+        # the quasi-definite system with right-hand side (r1, r2).
+        u1, v = kkt.solve(state.factor, r1, r2)
+        # On a nonnegative row, u2 = -v / y = (r2 - g^T u1) / s: take the form
+        # that divides by the larger of the two.
+        cy, cs = c_y[zero:], c_s[zero:]
+        big = cs >= cy
+        from_v = -v[zero:] / jnp.where(big, cs, 1)
+        from_row = (r2[zero:] - state.A[zero:] @ u1) / jnp.where(big, 1, cy)
+        u2_g = jnp.where(big, from_v, from_row)
+        return u1, jnp.concatenate([-v[:zero], u2_g])
+    # Rows of -c_s A u1 + c_y u2 = r2, divided by -c_s.
+    return kkt.solve(state.factor, r1, -r2 / c_s)
+
+
+def _diagonal_compute(state: _DiagonalState, r1, r2):
+    u1, u2 = _diagonal_solve(state, r1, r2)
+    for _ in range(_REFINE):
+        k1, k2 = _diagonal_apply(state, u1, u2)
+        e1, e2 = _diagonal_solve(state, r1 - k1, r2 - k2)
+        u1, u2 = u1 + e1, u2 + e2
+    return u1, u2
+
+
 class ConeKKTSolver(lx.AbstractLinearSolver):
-    """Solve with the Jacobian of `ConeProgram.residual` by block elimination and LU.
+    """Solve with the Jacobian of `ConeProgram.residual` by block elimination.
 
     **Arguments:**
 
     - `cones`: the cones of the program, giving the block structure.
+    - `cholesky`: with only zero and nonnegative cones, solve through a refined
+        normal-equations Cholesky (the default) rather than LU.
     """
 
     cones: Cones
+    cholesky: bool = eqx.field(static=True, default=True)
 
     def init(self, operator: lx.AbstractLinearOperator, options: dict[str, Any]):
         del options
@@ -107,6 +196,10 @@ class ConeKKTSolver(lx.AbstractLinearSolver):
             # Only one-row blocks: C_y and C_s are diagonal, read off one probe each.
             c_y = mv(zn, jnp.ones_like(zm), zm).s
             c_s = mv(zn, zm, jnp.ones_like(zm)).s
+            if self.cholesky:
+                zero = self.cones.zero
+                factor = _diagonal_init(P, A, c_y, c_s, zero)
+                return _DiagonalState(factor, P, A, c_y, c_s, zero, False)
             K = jnp.block([[P, A.T], [-c_s[:, None] * A, jnp.diag(c_y)]])
             return _State(_factor(K), A, jnp.diag(c_s), False)
         # Comb j has a one at offset j of every block; the products' rows give
@@ -128,12 +221,24 @@ class ConeKKTSolver(lx.AbstractLinearSolver):
         return _State(_factor(K), A, C_s, False)
 
     def compute(
-        self, state: _State, vector: PyTree[Array], options: dict[str, Any]
+        self,
+        state: _State | _DiagonalState,
+        vector: PyTree[Array],
+        options: dict[str, Any],
     ) -> tuple[PyTree[Array], lx.RESULTS, dict[str, Any]]:
         del options
+        r1, r2, r3 = vector.x, vector.y, vector.s
+        if isinstance(state, _DiagonalState):
+            A, c_s = state.A, state.c_s
+            if state.transposed:
+                u1, u3 = _diagonal_compute(state, r1 - A.T @ r3, r2)
+                out = PrimalDual(u1, r3 - c_s * u3, u3)
+            else:
+                dx, dy = _diagonal_compute(state, r1, r3 - c_s * r2)
+                out = PrimalDual(dx, dy, r2 - A @ dx)
+            return out, lx.RESULTS.successful, {}
         A, C_s = state.A, state.C_s
         n = A.shape[1]
-        r1, r2, r3 = vector.x, vector.y, vector.s
         if state.transposed:
             rhs = jnp.concatenate([r1 - A.T @ r3, r2])
             sol = _solve(state.lu, rhs, transposed=True)
@@ -146,8 +251,9 @@ class ConeKKTSolver(lx.AbstractLinearSolver):
             out = PrimalDual(dx, dy, r2 - A @ dx)
         return out, lx.RESULTS.successful, {}
 
-    def transpose(self, state: _State, options: dict[str, Any]):
-        return _State(state.lu, state.A, state.C_s, not state.transposed), options
+    def transpose(self, state: _State | _DiagonalState, options: dict[str, Any]):
+        flipped = not state.transposed
+        return dataclasses.replace(state, transposed=flipped), options
 
     def conj(self, state: _State, options: dict[str, Any]):
         return state, options
