@@ -226,14 +226,14 @@ class Anderson(optx.AbstractFixedPointSolver):
         # Under `vmap` every sample steps together (finished ones keep stepping,
         # frozen where it matters), so all share one count and the slot can be an
         # unbatched index: a cheap in-place update instead of a scatter.
-        slot = eqxi.unvmap_max(state.count) % m
+        count = eqxi.unvmap_max(state.count)
+        slot = count % m
         f_hist = jax.lax.dynamic_update_index_in_dim(state.f_hist, flat_f, slot, 0)
         g_hist = jax.lax.dynamic_update_index_in_dim(state.g_hist, g, slot, 0)
         row = g_hist @ g
-        onehot = jnp.arange(m) == slot
-        gram = jnp.where(onehot[:, None], row[None, :], state.gram)
-        gram = jnp.where(onehot[None, :], row[:, None], gram)
-        valid = jnp.arange(m) <= state.count
+        gram = jax.lax.dynamic_update_index_in_dim(state.gram, row, slot, 0)
+        gram = jax.lax.dynamic_update_index_in_dim(gram, row, slot, 1)
+        valid = jnp.arange(m) <= count
         alpha = mixing_weights(gram, valid, slot, self.ridge)
 
         new_flat = alpha @ f_hist
