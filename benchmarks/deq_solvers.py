@@ -25,7 +25,7 @@ fixed point, in float64).
 the time of one bare evaluation of the (vmapped) cell inside a compiled loop, on
 the symmetric W. Fixed iteration counts (tolerance zero), and whole solves to
 rtol 1e-5 counted by their steps; medians of interleaved rounds, compile time
-apart.
+apart. "floor" lines: loops that do only part of an Anderson step (see `floors`).
 
 Run: `python benchmarks/deq_solvers.py` (a few minutes on 2 CPU cores).
 """
@@ -236,6 +236,45 @@ def interleaved(fns, args, repeats):
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
+def floors(cell, iters, m=5):
+    """Lower bounds for Anderson's step: loops doing only part of its work.
+
+    Each adds to the cell evaluation what any Anderson step with a history of `m`
+    does, in the cheapest form found for XLA's CPU backend: the max-norm convergence
+    test (`|g| < atol + rtol |f|`, a boolean reduction); then writing `f` and `g`
+    into the two ring buffers; then the Gram row `G g` and the mixing `alpha @ F`
+    (two batched dots), with a softmax of the row standing in for the small solve.
+    """
+
+    def loop(level):
+        def one(x):
+            def body(k, carry):
+                y, f_hist, g_hist, row, ok = carry
+                f = cell(y, x)
+                g = f - y
+                ok = jnp.all(jnp.abs(g) < 1e-7 + 1e-5 * jnp.abs(f))
+                if level == 0:
+                    return f, f_hist, g_hist, row, ok
+                f_hist = jax.lax.dynamic_update_index_in_dim(f_hist, f, k % m, 0)
+                g_hist = jax.lax.dynamic_update_index_in_dim(g_hist, g, k % m, 0)
+                if level == 1:
+                    return f, f_hist, g_hist, row, ok
+                row = g_hist @ g
+                return jax.nn.softmax(row) @ f_hist, f_hist, g_hist, row, ok
+
+            zeros = jnp.zeros((m, D), x.dtype)
+            init = (jnp.zeros(D, x.dtype), zeros, zeros, jnp.zeros(m), False)
+            return jax.lax.fori_loop(0, iters, body, init)
+
+        return jax.jit(jax.vmap(one))
+
+    return {
+        "floor: cell + convergence test": loop(0),
+        "floor: + two history writes": loop(1),
+        "floor: + Gram row + mixing, no solve": loop(2),
+    }
+
+
 def overhead(ws, xs, iters, repeats):
     print(f"\n(c) time per function evaluation, batch {BATCH}")
     w = ws["symmetric"]
@@ -296,6 +335,7 @@ def overhead(ws, xs, iters, repeats):
     # Fixed iteration counts (tolerance zero), and whole solves to a relative
     # residual of about 1e-5 (rtol 1e-5 on the max norm), counted by their steps.
     fixed = {"bare cell (fori_loop)": bare}
+    fixed.update(floors(cell, iters))
     real = {}
     for sname, (solver, root) in solvers().items():
         fixed[f"{sname} in ui.solve"] = via_solve(solver, iters)

@@ -159,6 +159,21 @@ def test_anderson_under_vmap_matches_unbatched_solves():
             assert jnp.allclose(batched[2][key][i], stats[key], rtol=1e-12)
 
 
+def test_anderson_max_norm_test_matches_scaled_error():
+    # The default (max-norm) convergence test avoids the divide; any other norm
+    # takes the general path. Wrapping `max_norm` forces that path: both must stop
+    # at the same step with the same value.
+    fn, y0, args = _case("tanh", jnp.float64)
+    results = []
+    for norm in (optx.max_norm, lambda x: optx.max_norm(x)):
+        solver = ui.Anderson(1e-9, 1e-12, norm=norm)
+        sol = ui.solve(ui.FixedPoint(fn), solver, args, y0=y0)
+        results.append((sol.value, sol.stats["num_steps"]))
+    (fast, fast_steps), (slow, slow_steps) = results
+    assert fast_steps == slow_steps
+    assert jnp.array_equal(fast, slow)
+
+
 def test_anderson_returns_best_iterate_on_diverging_map():
     # y = y + exp(2y) has no fixed point, and its residual grows with y: the
     # iterates blow up. (A map with a repelling fixed point, such as y^3 + 1, is no
