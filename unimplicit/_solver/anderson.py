@@ -242,8 +242,6 @@ class Anderson(optx.AbstractFixedPointSolver):
 
         # The squared 2-norm of the residual is the new diagonal entry of the Gram
         # matrix: judging the best iterate by it costs no extra pass over `g`.
-        # The squared 2-norm of the residual is the new diagonal entry of the Gram
-        # matrix: judging the best iterate by it costs no extra pass over `g`.
         size = jnp.sqrt(jnp.maximum(row[slot], 0)).astype(state.best_error.dtype)
         # Under `vmap`, `unimplicit.solve`'s loop keeps stepping samples that have
         # finished (their iterates then change freely): freeze what is returned from
