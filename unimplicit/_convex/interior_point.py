@@ -37,11 +37,14 @@ _STEP_FRACTION = 0.99
 # drives tau to the boundary (the embedding briefly "believing" infeasibility)
 # otherwise costs several steps to recover from.
 _TAU_FRACTION = 0.7
-# Corrector passes. The second re-estimates the second-order terms from the first
-# corrected direction (Mehrotra's estimate, from the predictor, misses the change
-# of tau that the correction itself causes, which leaves kappa converging only
-# linearly); it is kept where it lowers the complementarity reached.
-_CORRECTIONS = 1
+# Corrector passes. Each after the first re-estimates the second-order terms
+# (those of s∘y, of tau*kappa and the curvature of the gap row's x'Px/tau) from
+# the previous corrected direction; Mehrotra's estimate, from the predictor alone,
+# misses the change of tau that the correction itself causes, which leaves the
+# complementarity falling only ~10x a step near the end. A pass is kept where it
+# lowers the complementarity reached. Random QPs at tol 1e-7: the slowest of 64
+# samples (n=20) needs 7 steps with 3 passes, 11 with 1; of 128 (n=128) 10 vs 13.
+_CORRECTIONS = 3
 # Near the end (relative error below `stall_tol`), a step that makes the error
 # this many times larger has hit the accuracy of the linear algebra.
 _STALL_GROWTH = 10.0
@@ -233,8 +236,8 @@ def _step(
     c = pb.q + 2 * ms.Px / tau
     den = c @ x2 + pb.b @ y2 - (it.x @ ms.Px) / tau**2 - kappa / tau
 
-    def assemble(x1, y1, v, eta, d_tk):
-        dtau = (-eta * ms.rtau - c @ x1 - pb.b @ y1 - d_tk / tau) / den
+    def assemble(x1, y1, v, eta, d_tk, curv: float | Array = 0.0):
+        dtau = (-eta * ms.rtau - curv - c @ x1 - pb.b @ y1 - d_tk / tau) / den
         dx, dy = x1 + dtau * x2, y1 + dtau * y2
         dy_c = dy[zero:]
         ds_c = kkt.scale(pb.blocks, w, v - kkt.scale(pb.blocks, w, dy_c))
@@ -270,7 +273,11 @@ def _step(
         rhs_p = -eta * ms.rp - jnp.concatenate([pad, kkt.scale(pb.blocks, w, v)])
         x1, y1 = kkt.solve_refined(f, -eta * ms.rx, rhs_p, pb.refinement)
         d_tk = -tau * kappa + sigma * mu - dtau_p * dkappa_p
-        direction = assemble(x1, y1, v, eta, d_tk)
+        # The second-order part of x'Px/tau along the previous direction: the
+        # linearised gap row misses it, and tau then drifts down every step.
+        u = tau * previous[0] - it.x * dtau_p
+        curv = (u @ (pb.P @ u)) / tau**3
+        direction = assemble(x1, y1, v, eta, d_tk, curv)
         return direction, jnp.minimum(1, _STEP_FRACTION * max_step(*direction[1:]))
 
     def mu_after(direction, alpha):
