@@ -174,6 +174,20 @@ def test_anderson_max_norm_test_matches_scaled_error():
     assert jnp.array_equal(fast, slow)
 
 
+def test_anderson_reports_nonfinite_map():
+    # `solve`'s loop does not check Anderson's iterates for finiteness (Anderson
+    # tracks its residual itself): a map that returns NaN is still reported as
+    # non-finite, with the best finite iterate.
+    def fn(y, a):
+        return jnp.where(y > a, jnp.nan, y + 0.2)
+
+    sol = ui.solve(
+        ui.FixedPoint(fn), ui.Anderson(1e-6, 1e-6), 0.5, y0=jnp.zeros(2), throw=False
+    )
+    assert sol.result == ui.RESULTS.nonfinite
+    assert jnp.all(jnp.isfinite(sol.value))
+
+
 def test_anderson_returns_best_iterate_on_diverging_map():
     # y = y + exp(2y) has no fixed point, and its residual grows with y: the
     # iterates blow up. (A map with a repelling fixed point, such as y^3 + 1, is no

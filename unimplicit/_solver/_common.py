@@ -32,15 +32,20 @@ def track_best(
 
 
 def stop_and_result(
-    error: Float[Array, ""], diverged: Bool[Array, ""]
+    error: Float[Array, ""],
+    diverged: Bool[Array, ""],
+    nonfinite: Bool[Array, ""] | bool = False,
 ) -> tuple[Bool[Array, ""], optx.RESULTS]:
     """The shared `terminate` rule: stop on convergence (scaled error below one),
-    or on divergence, which is then reported as `nonlinear_divergence`."""
+    or on divergence, which is then reported as `nonlinear_divergence`, or as
+    `nonfinite` where the residual was not finite (for solvers that report that
+    themselves instead of having every iterate checked by the loop)."""
     converged = error < 1
     diverged = diverged & jnp.invert(converged)
     result = optx.RESULTS.where(
         diverged, optx.RESULTS.nonlinear_divergence, optx.RESULTS.successful
     )
+    result = optx.RESULTS.where(diverged & nonfinite, optx.RESULTS.nonfinite, result)
     return converged | diverged, result
 
 

@@ -111,6 +111,7 @@ class _AndersonState(eqx.Module):
     best_error: Array
     error: Array
     diverged: Array
+    nonfinite: Array
 
 
 class Anderson(optx.AbstractFixedPointSolver):
@@ -204,6 +205,7 @@ class Anderson(optx.AbstractFixedPointSolver):
             best_error=inf,
             error=inf,
             diverged=jnp.array(False),
+            nonfinite=jnp.array(False),
         )
 
     def step(
@@ -258,6 +260,9 @@ class Anderson(optx.AbstractFixedPointSolver):
         )
         error = jnp.where(finished, state.error, error)
         diverged = jnp.where(finished, state.diverged, diverged)
+        # What the loop's finiteness check of each iterate used to report: a
+        # non-finite residual makes the next (plain-step) iterate non-finite.
+        nonfinite = jnp.where(finished, state.nonfinite, ~jnp.isfinite(size))
         new_state = _AndersonState(
             f_hist=f_hist,
             g_hist=g_hist,
@@ -267,6 +272,7 @@ class Anderson(optx.AbstractFixedPointSolver):
             best_error=best_error,
             error=error,
             diverged=diverged,
+            nonfinite=nonfinite,
         )
         return unravel(new_flat), new_state, aux
 
@@ -280,7 +286,7 @@ class Anderson(optx.AbstractFixedPointSolver):
         tags: frozenset[object],
     ) -> tuple[Bool[Array, ""], optx.RESULTS]:
         del fn, y, args, options, tags
-        return stop_and_result(state.error, state.diverged)
+        return stop_and_result(state.error, state.diverged, state.nonfinite)
 
     def postprocess(
         self,
