@@ -129,10 +129,10 @@ class Anderson(optx.AbstractFixedPointSolver):
     The returned value is the iterate that met the tolerance or else the one with the
     smallest residual 2-norm `||f(y) - y||_2` seen (the Gram matrix's diagonal: no
     extra pass over the state). If that residual grows past `divergence_ratio` times
-    the smallest one, or becomes non-finite, the solve stops with
-    `RESULTS.nonlinear_divergence` and still returns that best iterate. Convergence
-    is declared as for `optimistix.FixedPointIteration`: when
-    `norm((f(y) - y) / (atol + rtol * |f(y)|)) < 1`.
+    the smallest one, the solve stops with `RESULTS.nonlinear_divergence`; if it
+    becomes non-finite, with `RESULTS.nonfinite`; either way it still returns that
+    best iterate. Convergence is declared as for `optimistix.FixedPointIteration`:
+    when `norm((f(y) - y) / (atol + rtol * |f(y)|)) < 1`.
 
     Works with `optimistix.fixed_point`, with `unimplicit.solve` on a `FixedPoint`
     condition, and with PyTree-valued states (raveled internally).
