@@ -1,6 +1,6 @@
 """Batched dense QP layers, forward + backward: unimplicit vs qpax vs cvxpylayers.
 
-    python benchmarks/bench_qp.py [--sizes small,large] [--reps 9] [--cvx-reps 3]
+    python benchmarks/bench_qp.py [--sizes small,large] [--reps 9] [--cvx-reps 3] [--split]
     python benchmarks/bench_qp.py --float32 [--sizes small] [--seeds 0,1,2]
 
 The problem, identical for every library (float64, CPU):
@@ -109,7 +109,11 @@ def block(out):
     return jax.block_until_ready(out)
 
 
-def run(size, reps, cvx_reps, check):
+def forward_only(x_of):
+    return jax.jit(jax.vmap(x_of))
+
+
+def run(size, reps, cvx_reps, check, split=False):
     batch, n, m, p = SIZES[size]
     args, w = problems(batch, n, m, p)
     methods = {
@@ -119,6 +123,10 @@ def run(size, reps, cvx_reps, check):
         "qpax (default tol 1e-5)": jitted(qpax_x, w),
         "cvxpylayers (diffcp)": cvxpylayers_fn(n, m, p, w),
     }
+    if split:
+        # Forward alone (the backward is the difference to the rows above).
+        methods["unimplicit (tol 1e-7) fwd only"] = forward_only(ours(1e-7))
+        methods["qpax fwd only"] = forward_only(qpax_x)
     print(f"\n== {size}: batch {batch}, n={n}, {m} inequalities, {p} equalities ==")
     compile_s, times = {}, {k: [] for k in methods}
     for name, fn in methods.items():
@@ -142,7 +150,7 @@ def run(size, reps, cvx_reps, check):
     sub = tuple(a[:check] for a in args)
     med = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
     print(
-        f"{'method':28s} {'fwd+bwd ms':>11s} {'first call s':>13s} {'max |x-x*|':>11s}"
+        f"{'method':30s} {'fwd+bwd ms':>11s} {'first call s':>13s} {'max |x-x*|':>11s}"
     )
     for name in methods:
         if name in x_fns:
@@ -150,9 +158,11 @@ def run(size, reps, cvx_reps, check):
             err_s = f"{err:11.1e}"
         else:
             err_s = f"{'-':>11s}"
-        print(f"{name:28s} {med[name]:11.2f} {compile_s[name]:13.2f} {err_s}")
+        print(f"{name:30s} {med[name]:11.2f} {compile_s[name]:13.2f} {err_s}")
     cvx = med["cvxpylayers (diffcp)"]
     for name in [k for k in methods if k.startswith("unimplicit")]:
+        if name.endswith("fwd only"):
+            continue
         print(
             f"{name}: {cvx / med[name]:.1f}x faster than cvxpylayers (target >= 20); "
             f"time ratio to qpax {med[name] / med['qpax (default tol 1e-5)']:.2f} "
@@ -197,6 +207,7 @@ def main():
     parser.add_argument("--float32", action="store_true")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--f32-tol", type=float, default=None)
+    parser.add_argument("--split", action="store_true", help="also time forwards")
     ns = parser.parse_args()
     if ns.float32:
         for size in ns.sizes.split(","):
@@ -205,7 +216,7 @@ def main():
         return
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, float64")
     for size in ns.sizes.split(","):
-        run(size, ns.reps, ns.cvx_reps, ns.check)
+        run(size, ns.reps, ns.cvx_reps, ns.check, ns.split)
 
 
 if __name__ == "__main__":
