@@ -173,6 +173,50 @@ def test_portfolio_soc_mixed_batching():
     _check(problem, [mu, S], [x], [rng.normal(size=(2, 3)), S0])
 
 
+# One test sample of examples/portfolio_soc.py (after 3 training steps) on which the
+# interior point, with its three corrector passes, took a step that left the point
+# against the boundary of the second-order cone; every later step was ~1e-20 long
+# and the solve stalled at a residual of 6e-3. Jammed points now get a centring step.
+_JAM_MU = [-0.0103757084731816, 0.012807166814812811, -0.03452696330350527,
+           -0.005938307051528, 0.005884844009644816, -0.008050524836296022,
+           0.05316929150664129, 0.04332297527276697]  # fmt: skip
+_JAM_S_ROWS = [
+    [0.028601718486547117, 0.0280780216996619, -0.005657178079043106,
+     0.011608326949619562, 0.020981515909570193, 0.017541207365296022,
+     0.018462242546073794, 0.02369005092077872],
+    [0.03242113709934895, 0.0008450909446244267, 0.003910690085488288,
+     0.012682422381942697, 0.00685780379822241, 0.018137874880729155,
+     0.010806233520297977],
+    [0.044200382166541444, 0.008199363238638279, 0.00575891743598219,
+     0.014099258900737379, 0.008865076089394049, 0.004130826427072229],
+    [0.04492353428967972, 0.010337395715602778, 0.015690287286246177,
+     0.01788299640286948, 0.01894258627823666],
+    [0.05351546351049022, 0.0018595789341552549, 0.017297945484324857,
+     0.013832925499292232],
+    [0.05162661016965879, 0.010774681355657418, 0.003209506472640046],
+    [0.06706138476234688, 0.008391645886391595],
+    [0.07464862990378016],
+]  # fmt: skip
+
+
+def test_jammed_socp_recovers():
+    n = len(_JAM_MU)
+    S0 = np.zeros((n, n))
+    for i, row in enumerate(_JAM_S_ROWS):
+        S0[i, i:] = row
+    x = cp.Variable(n)
+    mu, S = cp.Parameter(n), cp.Parameter((n, n))
+    objective = cp.Maximize(mu @ x - 0.02 * cp.sum_squares(x))
+    problem = cp.Problem(objective, [cp.norm(S @ x) <= 0.05, cp.sum(x) == 1, x >= 0])
+    layer = ConvexLayer(problem, [mu, S], [x], backend=BACKEND)
+    sol = jax.jit(layer.solve)(np.array(_JAM_MU), S0)
+    assert sol.result == ui.RESULTS.successful
+    mu.value, S.value = np.array(_JAM_MU), S0
+    problem.solve(solver="CLARABEL", tol_gap_abs=1e-12, tol_gap_rel=1e-12)
+    (value,) = layer.program.variables(sol.value)
+    np.testing.assert_allclose(value, x.value, atol=1e-6)
+
+
 def test_learned_quadratic_cost_box():
     x = cp.Variable(3)
     Q, p = cp.Parameter((3, 3)), cp.Parameter(3)

@@ -54,6 +54,8 @@ _RETRY_DAMPING = 0.25
 _SLOW = 0.9
 _RETRIES = 2
 _POLISH_STEPS = 3
+# An accepted step shorter than this is followed by a pure centring step.
+_JAMMED = 1e-3
 
 
 class _Iterate(eqx.Module):
@@ -210,9 +212,18 @@ def _initial_point(pb: _Problem) -> _Iterate:
 
 
 def _step(
-    pb: _Problem, it: _Iterate, ms: _Measure, boost: bool | Array = False
+    pb: _Problem,
+    it: _Iterate,
+    ms: _Measure,
+    boost: bool | Array = False,
+    centre: bool | Array = False,
 ) -> tuple[_Iterate, Array]:
-    """The Mehrotra predictor-corrector direction on the embedding, and its step."""
+    """The Mehrotra predictor-corrector direction on the embedding, and its step.
+
+    With `centre` (a traced boolean allowed) the direction is a pure centring one
+    instead (`sigma = 1`, no second-order terms): for a point that has jammed
+    against the boundary of its cone.
+    """
     zero = pb.zero
     tau, kappa = it.tau, it.kappa
     _, s_c = pb.split(it.s)
@@ -256,7 +267,8 @@ def _step(
     aff = assemble(X[:, 0], Y[:, 0], -lam, 1.0, -tau * kappa)
     dx_a, dy_a, ds_a, dtau_a, dkappa_a = aff
     alpha_a = jnp.minimum(1, max_step(dy_a, ds_a, dtau_a, dkappa_a))
-    sigma = (1 - alpha_a) ** 3
+    sigma = jnp.where(centre, 1, (1 - alpha_a) ** 3)
+    second = jnp.where(centre, 0, 1)  # whether second-order terms are used
 
     # Corrector: centring plus Mehrotra's second-order term, estimated from the
     # previous direction (the predictor first, then the corrected direction).
@@ -268,15 +280,15 @@ def _step(
         corr = pb.product(
             kkt.unscale(pb.blocks, w, ds_p), kkt.scale(pb.blocks, w, dy_p[zero:])
         )
-        d_c = -pb.product(lam, lam) + sigma * mu * e - corr
+        d_c = -pb.product(lam, lam) + sigma * mu * e - second * corr
         v = pb.divide(lam, d_c)
         rhs_p = -eta * ms.rp - jnp.concatenate([pad, kkt.scale(pb.blocks, w, v)])
         x1, y1 = kkt.solve_refined(f, -eta * ms.rx, rhs_p, pb.refinement)
-        d_tk = -tau * kappa + sigma * mu - dtau_p * dkappa_p
+        d_tk = -tau * kappa + sigma * mu - second * dtau_p * dkappa_p
         # The second-order part of x'Px/tau along the previous direction: the
         # linearised gap row misses it, and tau then drifts down every step.
         u = tau * previous[0] - it.x * dtau_p
-        curv = (u @ (pb.P @ u)) / tau**3
+        curv = second * (u @ (pb.P @ u)) / tau**3
         direction = assemble(x1, y1, v, eta, d_tk, curv)
         return direction, jnp.minimum(1, _STEP_FRACTION * max_step(*direction[1:]))
 
@@ -416,7 +428,7 @@ def solve_cone_program(
         return (ms.status == _RUNNING) & (k < max_steps)
 
     def cond(carry):
-        _, ms, k, _, _ = carry
+        _, ms, k, _, _, _ = carry
         if differentiable:
             return running(ms, k)
         # Under `vmap`, a per-sample predicate makes the loop select between old
@@ -426,9 +438,9 @@ def solve_cone_program(
         return eqxi.unvmap_any(running(ms, k))
 
     def body(carry):
-        it, ms, k, rejected, retry = carry
+        it, ms, k, rejected, retry, jammed = carry
         active = running(ms, k)
-        d, alpha = _step(pb, it, ms, rejected > 0)
+        d, alpha = _step(pb, it, ms, rejected > 0, jammed)
         alpha = jnp.where(retry, _RETRY_DAMPING, 1) * alpha
         # Rounding limits how far the iteration can go (float32 especially): a
         # step can leave the cone's interior, or (once the residuals reach the
@@ -459,15 +471,19 @@ def solve_cone_program(
         status = jnp.where(give_up, _STALLED, ms_c.status)
         status = jnp.where(active, status, ms.status)
         ms_c = eqx.tree_at(lambda m: m.status, ms_c, status)
-        return new, ms_c, k + active, rejected, ~ok
+        # A step this short means the point sits against the boundary of its cone,
+        # far from the central path (aggressive second-order corrections can put it
+        # there); the next step then only re-centres it.
+        jammed = move & (alpha < _JAMMED)
+        return new, ms_c, k + active, rejected, ~ok, jammed
 
-    init = (it, ms, jnp.array(0), jnp.array(0), jnp.array(False))
+    init = (it, ms, jnp.array(0), jnp.array(0), jnp.array(False), jnp.array(False))
     if differentiable:
-        it, ms, steps, _, _ = eqxi.while_loop(
+        it, ms, steps, _, _, _ = eqxi.while_loop(
             cond, body, init, max_steps=max_steps, kind="checkpointed"
         )
     else:
-        it, ms, steps, _, _ = jax.lax.while_loop(cond, body, init)
+        it, ms, steps, _, _, _ = jax.lax.while_loop(cond, body, init)
 
     solved = ms.status == _SOLVED
     norm = jnp.where(solved, it.tau, it.tau + it.kappa)
