@@ -132,33 +132,6 @@ def test_per_sample_results_under_vmap():
         assert jnp.all(sol.stats["residual_norm"][:2] < 1e-6)
 
 
-def test_anderson_under_vmap_matches_unbatched_solves():
-    # `solve`'s loop does not freeze finished samples for Anderson (it freezes
-    # itself): each sample's value, status, steps and residual must still be those
-    # of its own unbatched solve, also when other samples keep iterating after it.
-    def fn(y, a):
-        return a[0] * jnp.tanh(y) + a[1] + a[2] * y
-
-    args = jnp.array([[0.1, 0.5, 0.0], [0.95, 0.5, 0.0], [0.0, 1.0, 1.0]])
-    y0 = jnp.zeros(3)
-
-    @jax.jit
-    def run(a):
-        sol = ui.solve(
-            ui.FixedPoint(fn), ui.Anderson(1e-8, 1e-8), a, y0=y0, throw=False
-        )
-        statuses = (ui.RESULTS.successful, ui.RESULTS.nonlinear_divergence)
-        return sol.value, [sol.result == r for r in statuses], sol.stats
-
-    batched = jax.vmap(run)(args)
-    for i in range(args.shape[0]):
-        value, result, stats = run(args[i])
-        assert jnp.allclose(batched[0][i], value, rtol=1e-12, atol=0)
-        assert [b[i] for b in batched[1]] == result
-        for key in ("num_steps", "residual_norm", "relative_residual"):
-            assert jnp.allclose(batched[2][key][i], stats[key], rtol=1e-12)
-
-
 def test_anderson_max_norm_test_matches_scaled_error():
     # The default (max-norm) convergence test avoids the divide; any other norm
     # takes the general path. Wrapping `max_norm` forces that path: both must stop
@@ -175,9 +148,8 @@ def test_anderson_max_norm_test_matches_scaled_error():
 
 
 def test_anderson_reports_nonfinite_map():
-    # `solve`'s loop does not check Anderson's iterates for finiteness (Anderson
-    # tracks its residual itself): a map that returns NaN is still reported as
-    # non-finite, with the best finite iterate.
+    # A map that returns NaN is reported as non-finite, with the best finite
+    # iterate.
     def fn(y, a):
         return jnp.where(y > a, jnp.nan, y + 0.2)
 

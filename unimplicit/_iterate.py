@@ -103,13 +103,6 @@ class OptimistixBackend(AbstractBackend):
             # finished samples, which is harmless as their `y` no longer changes.
             return eqxi.unvmap_any(running(done, result))
 
-        # A solver that returns its own best iterate, detects non-finite residuals
-        # itself and stops updating what it returns once its `terminate` holds
-        # (`Anderson`) needs neither the finiteness check of every iterate nor the
-        # freezing of `y` for finished samples: two passes over the state per step
-        # saved, with the same per-sample results.
-        self_freezing = bool(getattr(solver, "_self_freezing", False))
-
         def body_fun(carry):
             y, step, dynamic, done, result, trace = carry
             active = running(done, result)
@@ -118,18 +111,16 @@ class OptimistixBackend(AbstractBackend):
             new_done, new_result = solver.terminate(
                 fn, new_y, args, options, new_state, tags
             )
-            if not self_freezing:
-                new_result = optx.RESULTS.where(
-                    tree_allfinite(new_y), new_result, optx.RESULTS.nonfinite
-                )
+            new_result = optx.RESULTS.where(
+                tree_allfinite(new_y), new_result, optx.RESULTS.nonfinite
+            )
             new_trace = trace
             if trace_len > 0:
                 new_trace = trace.at[step + 1].set(residual_norm(new_y), mode="drop")
             new_dynamic, _ = eqx.partition(new_state, eqx.is_array)
             if not differentiable:
                 keep = lambda a, b: jnp.where(active, a, b)
-                if not self_freezing:
-                    new_y = jtu.tree_map(keep, new_y, y)
+                new_y = jtu.tree_map(keep, new_y, y)
                 new_done = keep(new_done, done)
                 new_result = optx.RESULTS.where(active, new_result, result)
                 new_trace = keep(new_trace, trace)

@@ -11,7 +11,6 @@ def track_best(
     best_y: Float[Array, " n"],
     best_size: Float[Array, ""],
     divergence_ratio: float,
-    frozen: Bool[Array, ""] | bool = False,
 ) -> tuple[Float[Array, " n"], Float[Array, ""], Bool[Array, ""]]:
     """Update the best iterate seen so far and decide whether the solve diverged.
 
@@ -20,11 +19,10 @@ def track_best(
     successful solve returns the iterate that met the tolerance. (`<` is False for
     NaN, so a non-finite residual never becomes best.) The solve has diverged once
     the residual is non-finite or exceeds `divergence_ratio` times the best one.
-    While `frozen`, the best iterate is kept whatever the new one is.
 
     **Returns:** `(best_y, best_size, diverged)`.
     """
-    better = ((size < best_size) | converged) & jnp.invert(frozen)
+    better = (size < best_size) | converged
     best_y = jnp.where(better, y, best_y)
     best_size = jnp.where(better, size, best_size)
     diverged = jnp.invert(jnp.isfinite(size)) | (size > divergence_ratio * best_size)
@@ -38,8 +36,7 @@ def stop_and_result(
 ) -> tuple[Bool[Array, ""], optx.RESULTS]:
     """The shared `terminate` rule: stop on convergence (scaled error below one),
     or on divergence, which is then reported as `nonlinear_divergence`, or as
-    `nonfinite` where the residual was not finite (for solvers that report that
-    themselves instead of having every iterate checked by the loop)."""
+    `nonfinite` where the residual was not finite."""
     converged = error < 1
     diverged = diverged & jnp.invert(converged)
     result = optx.RESULTS.where(

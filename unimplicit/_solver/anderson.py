@@ -1,5 +1,5 @@
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import equinox as eqx
 import equinox.internal as eqxi
@@ -145,10 +145,6 @@ class Anderson(optx.AbstractFixedPointSolver):
     ridge: float = 1e-4
     norm: Callable[[PyTree], Scalar] = optx.max_norm
     divergence_ratio: float = 1e4
-    # Read by `unimplicit.solve`'s loop: once `terminate` holds for a sample, `step`
-    # leaves its best iterate, error and divergence flag alone, so the loop need not
-    # freeze that sample's `y` (see `step`).
-    _self_freezing: ClassVar[bool] = True
 
     def __check_init__(self):
         if not isinstance(self.history, int) or self.history < 1:
@@ -225,17 +221,19 @@ class Anderson(optx.AbstractFixedPointSolver):
         error = self._error(g, flat_f, unravel, state.error.dtype)
 
         m = self.history
-        # Under `vmap` every sample steps together (finished ones keep stepping,
-        # frozen where it matters), so all share one count and the slot can be an
-        # unbatched index: a cheap in-place update instead of a scatter.
+        # Under `vmap` every sample steps together (`solve`'s loop freezes only the
+        # iterates of finished samples, not their solver state), so all share one
+        # count and the slot can be an unbatched index: a cheap in-place update
+        # instead of a scatter.
         count = eqxi.unvmap_max(state.count)
         slot = count % m
         f_hist = jax.lax.dynamic_update_index_in_dim(state.f_hist, flat_f, slot, 0)
         g_hist = jax.lax.dynamic_update_index_in_dim(state.g_hist, g, slot, 0)
         row = g_hist @ g
-        gram = jax.lax.dynamic_update_index_in_dim(state.gram, row, slot, 0)
-        gram = jax.lax.dynamic_update_index_in_dim(gram, row, slot, 1)
-        valid = jnp.arange(m) <= count
+        onehot = jnp.arange(m) == slot
+        gram = jnp.where(onehot[:, None], row[None, :], state.gram)
+        gram = jnp.where(onehot[None, :], row[:, None], gram)
+        valid = jnp.arange(m) <= state.count
         alpha = mixing_weights(gram, valid, slot, self.ridge)
 
         new_flat = alpha @ f_hist
@@ -245,10 +243,6 @@ class Anderson(optx.AbstractFixedPointSolver):
         # The squared 2-norm of the residual is the new diagonal entry of the Gram
         # matrix: judging the best iterate by it costs no extra pass over `g`.
         size = jnp.sqrt(jnp.maximum(row[slot], 0)).astype(state.best_error.dtype)
-        # Under `vmap`, `unimplicit.solve`'s loop keeps stepping samples that have
-        # finished (their iterates then change freely): freeze what is returned from
-        # the step at which `terminate` first held, as an unbatched solve would stop.
-        finished = (state.error < 1) | state.diverged
         best_y, best_error, diverged = track_best(
             flat_y,
             size,
@@ -256,13 +250,10 @@ class Anderson(optx.AbstractFixedPointSolver):
             state.best_y,
             state.best_error,
             self.divergence_ratio,
-            frozen=finished,
         )
-        error = jnp.where(finished, state.error, error)
-        diverged = jnp.where(finished, state.diverged, diverged)
-        # What the loop's finiteness check of each iterate used to report: a
-        # non-finite residual makes the next (plain-step) iterate non-finite.
-        nonfinite = jnp.where(finished, state.nonfinite, ~jnp.isfinite(size))
+        # A non-finite residual makes the next (plain-step) iterate non-finite:
+        # reported as such, also where Anderson runs outside `unimplicit.solve`.
+        nonfinite = jnp.invert(jnp.isfinite(size))
         new_state = _AndersonState(
             f_hist=f_hist,
             g_hist=g_hist,
