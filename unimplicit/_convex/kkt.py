@@ -159,12 +159,27 @@ def residual(f: Factorisation, dx: Array, dy: Array, rx: Array, rp: Array):
     return ex, ep
 
 
+def refine(solve_fn, residual_fn, rhs: tuple[Array, ...], steps: int):
+    """Iterative refinement of an approximate solver.
+
+    `solve_fn(*rhs)` solves approximately (a regularised or otherwise perturbed
+    factorisation); each of the `steps` rounds solves again for what the exact
+    system leaves of the right-hand side, `residual_fn(u, rhs)`, and adds that
+    correction. Shared by the interior point's KKT solves and the convex backward.
+    """
+    u = solve_fn(*rhs)
+    for _ in range(steps):
+        correction = solve_fn(*residual_fn(u, rhs))
+        u = tuple(a + c for a, c in zip(u, correction))
+    return u
+
+
 def solve_refined(f: Factorisation, rx: Array, rp: Array, steps: int):
     """`solve`, then `steps` rounds of iterative refinement on the unregularised
     system: each solves again for what the regularisation and rounding left."""
-    dx, dy = solve(f, rx, rp)
-    for _ in range(steps):
-        ex, ep = residual(f, dx, dy, rx, rp)
-        cx, cy = solve(f, ex, ep)
-        dx, dy = dx + cx, dy + cy
-    return dx, dy
+    return refine(
+        lambda a, b: solve(f, a, b),
+        lambda u, r: residual(f, *u, *r),
+        (rx, rp),
+        steps,
+    )

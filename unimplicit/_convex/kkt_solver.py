@@ -155,12 +155,13 @@ def _diagonal_solve(state: _DiagonalState, r1, r2):
 
 
 def _diagonal_compute(state: _DiagonalState, r1, r2):
-    u1, u2 = _diagonal_solve(state, r1, r2)
-    for _ in range(_REFINE):
-        k1, k2 = _diagonal_apply(state, u1, u2)
-        e1, e2 = _diagonal_solve(state, r1 - k1, r2 - k2)
-        u1, u2 = u1 + e1, u2 + e2
-    return u1, u2
+    def residual(u, r):
+        k1, k2 = _diagonal_apply(state, *u)
+        return r[0] - k1, r[1] - k2
+
+    return kkt.refine(
+        lambda a, b: _diagonal_solve(state, a, b), residual, (r1, r2), _REFINE
+    )
 
 
 class ConeKKTSolver(lx.AbstractLinearSolver):
