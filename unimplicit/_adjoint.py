@@ -87,7 +87,7 @@ class ImplicitAdjoint(AbstractAdjoint):
         condition = condition.closure_convert(y0, args)
         linear_solver = self.linear_solver
         if linear_solver is None:
-            linear_solver = condition.default_linear_solver(y0)
+            linear_solver = condition.default_linear_solver(y0, args)
         y0 = jax.lax.stop_gradient(y0)
         value, (result, stats, aux) = implicit_solve(
             _forward(backend, y0, max_steps, options),

@@ -49,8 +49,12 @@ class AbstractEquilibrium(AbstractCondition):
         """
 
     @abc.abstractmethod
-    def default_linear_solver(self, y: PyTree) -> lx.AbstractLinearSolver:
-        """The Lineax solver that `ImplicitAdjoint()` uses when given none."""
+    def default_linear_solver(self, y: PyTree, args: PyTree) -> lx.AbstractLinearSolver:
+        """The Lineax solver that `ImplicitAdjoint()` uses when given none.
+
+        `args` are the condition's arguments, for solvers that use the data
+        behind `∂F/∂y` directly rather than reading it off the operator.
+        """
 
 
 def _is_double(y: PyTree) -> bool:
@@ -126,7 +130,7 @@ class FixedPoint(AbstractEquilibrium):
     def closure_convert(self, y0: PyTree, args: PyTree) -> "FixedPoint":
         return FixedPoint(eqx.filter_closure_convert(self.fn, y0, args))
 
-    def default_linear_solver(self, y: PyTree) -> lx.AbstractLinearSolver:
+    def default_linear_solver(self, y: PyTree, args: PyTree) -> lx.AbstractLinearSolver:
         return _fixed_point_linear_solver(y)
 
     def backend_hint(self) -> str:
@@ -160,7 +164,7 @@ class Root(AbstractEquilibrium):
     def closure_convert(self, y0: PyTree, args: PyTree) -> "Root":
         return Root(eqx.filter_closure_convert(self.fn, y0, args))
 
-    def default_linear_solver(self, y: PyTree) -> lx.AbstractLinearSolver:
+    def default_linear_solver(self, y: PyTree, args: PyTree) -> lx.AbstractLinearSolver:
         return _krylov_linear_solver(y)
 
     def backend_hint(self) -> str:

@@ -172,11 +172,14 @@ class ConeProgram(AbstractConeCondition):
     def cone_data(self, args: ConeData) -> ConeData:
         return args
 
-    def default_linear_solver(self, y: PyTree) -> lx.AbstractLinearSolver:
-        # Dense LU on the Jacobian with the slack eliminated (see `kkt_solver.py`).
+    def default_linear_solver(
+        self, y: PyTree, args: ConeData
+    ) -> lx.AbstractLinearSolver:
+        # Block elimination on the Jacobian (see `kkt_solver.py`), given `P` and
+        # `A`: reading them off the operator would cost `n` matrix-vector products.
         from .kkt_solver import ConeKKTSolver  # (it imports this module)
 
-        return ConeKKTSolver(self.cones)
+        return ConeKKTSolver(self.cones, P=_symmetric(args.P), A=args.A)
 
     def backend_hint(self) -> str:
         return "unimplicit.InteriorPoint"

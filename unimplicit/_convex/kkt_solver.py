@@ -19,10 +19,11 @@ Cholesky (`kkt.py`), used as a preconditioner and refined against `K` (at
 `n = m = 128`, about 2x cheaper than LU of `K` on CPU); otherwise it is an LU of
 `K`, about `((n + 2m) / (n + m))^3` times cheaper than LU on the whole Jacobian.
 
-The solver reads `P`, `A`, `C_y`, `C_s` off the operator by applying it to `n`
-basis vectors in `x` and to a few "comb" vectors in `y` and `s` (as many as the
-largest cone block), so it is only valid for this residual's structure: it is
-what `ConeProgram.default_linear_solver` returns, not a general-purpose solver.
+The solver reads `C_y`, `C_s` off the operator by applying it to a few "comb"
+vectors in `y` and `s` (as many as the largest cone block), and `P`, `A` too
+(from `n` basis vectors in `x`) unless it is given them, so it is only valid for
+this residual's structure: it is what `ConeProgram.default_linear_solver`
+returns (with `P` and `A`), not a general-purpose solver.
 """
 
 import dataclasses
@@ -172,10 +173,14 @@ class ConeKKTSolver(lx.AbstractLinearSolver):
     - `cones`: the cones of the program, giving the block structure.
     - `cholesky`: with only zero and nonnegative cones, solve through a refined
         normal-equations Cholesky (the default) rather than LU.
+    - `P`, `A`: the program's (symmetric) `P` and `A`, if known; otherwise they
+        are read off the operator, at the cost of `n` products with it.
     """
 
     cones: Cones
     cholesky: bool = eqx.field(static=True, default=True)
+    P: Array | None = None
+    A: Array | None = None
 
     def init(self, operator: lx.AbstractLinearOperator, options: dict[str, Any]):
         del options
@@ -191,8 +196,11 @@ class ConeKKTSolver(lx.AbstractLinearSolver):
             return operator.mv(PrimalDual(dx, dy, ds))
 
         zn, zm = jnp.zeros(n, dtype), jnp.zeros(m, dtype)
-        cols = jax.vmap(lambda e: mv(e, zm, zm))(jnp.eye(n, dtype=dtype))
-        P, A = cols.x.T, cols.y.T
+        if self.P is None or self.A is None:
+            cols = jax.vmap(lambda e: mv(e, zm, zm))(jnp.eye(n, dtype=dtype))
+            P, A = cols.x.T, cols.y.T
+        else:
+            P, A = self.P, self.A
         if width == 1:
             # Only one-row blocks: C_y and C_s are diagonal, read off one probe each.
             c_y = mv(zn, jnp.ones_like(zm), zm).s

@@ -111,8 +111,8 @@ class ConvexProgram(AbstractConeCondition):
         # Everything the program holds is static NumPy data: nothing to convert.
         return self
 
-    def default_linear_solver(self, y: PyTree) -> lx.AbstractLinearSolver:
-        return lx.LU()
+    def default_linear_solver(self, y: PyTree, args: PyTree) -> lx.AbstractLinearSolver:
+        return self.cone_program().default_linear_solver(y, self.cone_data(args))
 
     def backend_hint(self) -> str:
         return "unimplicit.InteriorPoint"
