@@ -81,33 +81,6 @@ def _apply(blocks, scalings, v, method):
 _BOOST = 1e4
 
 
-# From this size on, `B^T B` is formed by blocks, skipping the strictly upper one.
-_BLOCKED_GRAM = 64
-
-
-def _lower_gram(B: Array) -> tuple[Array, Array]:
-    """`B^T B` where only the lower triangle matters (the rest may be zero), and
-    its diagonal.
-
-    The Gram product is the largest cost of a step at moderate sizes, and
-    Cholesky reads only the lower triangle: with two column blocks the product
-    skips the upper off-diagonal block, a quarter of the flops. (The diagonal is
-    read off the blocks, so that the blocks need not be assembled in memory
-    before the sum that consumes them.)
-    """
-    n = B.shape[1]
-    if n < _BLOCKED_GRAM:
-        gram = B.T @ B
-        return gram, jnp.diagonal(gram)
-    k = n // 2
-    B1, B2 = B[:, :k], B[:, k:]
-    G11, G22 = B1.T @ B1, B2.T @ B2
-    top = jnp.concatenate([G11, jnp.zeros((k, n - k), B.dtype)], axis=1)
-    bottom = jnp.concatenate([B2.T @ B1, G22], axis=1)
-    diag = jnp.concatenate([jnp.diagonal(G11), jnp.diagonal(G22)])
-    return jnp.concatenate([top, bottom], axis=0), diag
-
-
 class Factorisation(eqx.Module):
     """A factorised reduced KKT system (internal)."""
 
@@ -138,14 +111,17 @@ def factorise(
     """
     n, p = P.shape[0], E.shape[0]
     B = unscale(blocks, scalings, G)
-    gram, gram_diag = _lower_gram(B)
+    # (Cholesky reads only the lower triangle, but forming just that half by
+    # blocks was slower: XLA spreads one large product over both cores of a
+    # small machine better than three smaller ones and the copies that join them.)
+    gram = B.T @ B
     # A constant floor plus machine precision times (a bound on) the largest pivot,
     # as Clarabel does. (Machine precision times each pivot's own size biases the
     # directions less, but lets Cholesky break down late in some solves.) The
     # largest diagonal entry bounds the pivots; it is read off the two terms, so
     # that the sum below is formed in one pass, regularisation included.
     eps = jnp.finfo(P.dtype).eps
-    big = jnp.max(jnp.abs(jnp.diagonal(P) + gram_diag), initial=0)
+    big = jnp.max(jnp.abs(jnp.diagonal(P) + jnp.diagonal(gram)), initial=0)
     reg = reg_scale + eps * big * jnp.where(boost, _BOOST, 1)
     # (`P.T`, which is `P`: XLA keeps the loop-invariant `P` in the column-major
     # layout that LAPACK wants for `H`; reading it transposed here spares the
