@@ -58,6 +58,11 @@ def _residual(y, inputs):
     return condition.residual(y, args)
 
 
+def _default_linear_solver(y, inputs):
+    condition, args = inputs
+    return condition.default_linear_solver(y, args)
+
+
 class ImplicitAdjoint(AbstractAdjoint):
     """Differentiate by the implicit function theorem: one linear solve.
 
@@ -85,9 +90,10 @@ class ImplicitAdjoint(AbstractAdjoint):
 
     def apply(self, backend, condition, y0, args, *, max_steps, options) -> _Out:
         condition = condition.closure_convert(y0, args)
+        # Without a solver given, the condition picks one at the solution.
         linear_solver = self.linear_solver
         if linear_solver is None:
-            linear_solver = condition.default_linear_solver(y0, args)
+            linear_solver = _default_linear_solver
         y0 = jax.lax.stop_gradient(y0)
         value, (result, stats, aux) = implicit_solve(
             _forward(backend, y0, max_steps, options),

@@ -52,8 +52,9 @@ class AbstractEquilibrium(AbstractCondition):
     def default_linear_solver(self, y: PyTree, args: PyTree) -> lx.AbstractLinearSolver:
         """The Lineax solver that `ImplicitAdjoint()` uses when given none.
 
-        `args` are the condition's arguments, for solvers that use the data
-        behind `∂F/∂y` directly rather than reading it off the operator.
+        It is chosen at the solution `y`, with the condition's `args`: a solver
+        may use the data behind `∂F/∂y` directly rather than reading it off the
+        operator.
         """
 
 

@@ -25,7 +25,8 @@ def implicit_solve(
     forward: Callable[[PyTree], tuple[PyTree, Any]],
     residual: Callable[[PyTree, PyTree], PyTree],
     inputs: PyTree,
-    linear_solver: lx.AbstractLinearSolver,
+    linear_solver: lx.AbstractLinearSolver
+    | Callable[[PyTree, PyTree], lx.AbstractLinearSolver],
     tags: frozenset[object] = frozenset(),
 ) -> tuple[PyTree, Any]:
     """Run `forward` and differentiate its output by the implicit function theorem.
@@ -37,8 +38,10 @@ def implicit_solve(
     - `residual`: `(y, inputs) -> F`, with the structure of `y`, zero at `y`.
     - `inputs`: the PyTree differentiated through; its floating-point arrays get
         tangents.
-    - `linear_solver`: the Lineax solver for `(∂F/∂y) v = -∂F/∂θ · t`. It must
-        support `transpose` for reverse mode.
+    - `linear_solver`: the Lineax solver for `(∂F/∂y) v = -∂F/∂θ · t`, or a
+        function `(y, inputs) -> solver` choosing one at the solution `y` (a
+        module-level function: it is static). It must support `transpose` for
+        reverse mode.
     - `tags`: Lineax tags describing `∂F/∂y` (e.g. `lineax.symmetric_tag`).
 
     `forward` and `residual` must not close over JAX arrays: pass those in `inputs`
@@ -81,6 +84,8 @@ def _implicit_jvp(primals, tangents):
         tags=tags,
     )
     rhs = jtu.tree_map(jnp.negative, t_residual)
+    if not isinstance(linear_solver, lx.AbstractLinearSolver):
+        linear_solver = linear_solver(y, inputs)
     t_y = lx.linear_solve(operator, rhs, linear_solver, throw=True).value
     t_extra = jtu.tree_map(lambda _: None, extra)
     return (y, extra), (t_y, t_extra)

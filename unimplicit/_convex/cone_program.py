@@ -175,11 +175,12 @@ class ConeProgram(AbstractConeCondition):
     def default_linear_solver(
         self, y: PyTree, args: ConeData
     ) -> lx.AbstractLinearSolver:
-        # Block elimination on the Jacobian (see `kkt_solver.py`), given `P` and
-        # `A`: reading them off the operator would cost `n` matrix-vector products.
+        # Block elimination on the Jacobian (see `kkt_solver.py`), given its data:
+        # reading it off the operator would cost `n` matrix-vector products.
         from .kkt_solver import ConeKKTSolver  # (it imports this module)
 
-        return ConeKKTSolver(self.cones, P=_symmetric(args.P), A=args.A)
+        data = (_symmetric(args.P), args.A, y.s, y.y, self.smoothing)
+        return ConeKKTSolver(self.cones, data=data)
 
     def backend_hint(self) -> str:
         return "unimplicit.InteriorPoint"

@@ -19,11 +19,12 @@ Cholesky (`kkt.py`), used as a preconditioner and refined against `K` (at
 `n = m = 128`, about 2x cheaper than LU of `K` on CPU); otherwise it is an LU of
 `K`, about `((n + 2m) / (n + m))^3` times cheaper than LU on the whole Jacobian.
 
-The solver reads `C_y`, `C_s` off the operator by applying it to a few "comb"
-vectors in `y` and `s` (as many as the largest cone block), and `P`, `A` too
-(from `n` basis vectors in `x`) unless it is given them, so it is only valid for
-this residual's structure: it is what `ConeProgram.default_linear_solver`
-returns (with `P` and `A`), not a general-purpose solver.
+`ConeProgram.default_linear_solver` gives the solver the data behind the
+Jacobian (`P`, `A` and the solution's `s`, `y`), from which it forms `C_y` and
+`C_s` by differentiating the complementarity residual along a few "comb" vectors
+(as many as the largest cone block). Without that data, it reads all four blocks
+off the operator (`P` and `A` from `n` products with basis vectors in `x`), which
+is only valid for this residual's structure: it is not a general-purpose solver.
 """
 
 import dataclasses
@@ -38,7 +39,7 @@ import numpy as np
 from jaxtyping import Array, PyTree
 
 from . import kkt
-from .cone_program import PrimalDual
+from .cone_program import complementarity, PrimalDual
 from .cones import Cones, NonnegativeCone
 
 
@@ -173,14 +174,15 @@ class ConeKKTSolver(lx.AbstractLinearSolver):
     - `cones`: the cones of the program, giving the block structure.
     - `cholesky`: with only zero and nonnegative cones, solve through a refined
         normal-equations Cholesky (the default) rather than LU.
-    - `P`, `A`: the program's (symmetric) `P` and `A`, if known; otherwise they
-        are read off the operator, at the cost of `n` products with it.
+    - `data`: `(P, A, s, y, mu)`: the program's symmetric `P`, its `A`, the
+        solution's slack and dual, and the smoothing, from which the Jacobian's
+        blocks are formed directly. `None`: they are read off the operator, at
+        the cost of `n` products with it.
     """
 
     cones: Cones
     cholesky: bool = eqx.field(static=True, default=True)
-    P: Array | None = None
-    A: Array | None = None
+    data: tuple[Array, Array, Array, Array, float] | None = None
 
     def init(self, operator: lx.AbstractLinearOperator, options: dict[str, Any]):
         del options
@@ -196,15 +198,27 @@ class ConeKKTSolver(lx.AbstractLinearSolver):
             return operator.mv(PrimalDual(dx, dy, ds))
 
         zn, zm = jnp.zeros(n, dtype), jnp.zeros(m, dtype)
-        if self.P is None or self.A is None:
+        if self.data is None:
             cols = jax.vmap(lambda e: mv(e, zm, zm))(jnp.eye(n, dtype=dtype))
             P, A = cols.x.T, cols.y.T
+            comp_y = lambda v: mv(zn, v, zm).s  # noqa: E731
+            comp_s = lambda v: mv(zn, zm, v).s  # noqa: E731
         else:
-            P, A = self.P, self.A
+            # Differentiate the complementarity residual alone: a product of the
+            # whole operator with a probe also multiplies `P` and `A` by zeros,
+            # which XLA does not skip.
+            P, A, s, y, mu = self.data
+            cones = self.cones
+            comp_y = lambda v: jax.jvp(  # noqa: E731
+                lambda u: complementarity(cones, s, u, mu), (y,), (v,)
+            )[1]
+            comp_s = lambda v: jax.jvp(  # noqa: E731
+                lambda u: complementarity(cones, u, y, mu), (s,), (v,)
+            )[1]
         if width == 1:
             # Only one-row blocks: C_y and C_s are diagonal, read off one probe each.
-            c_y = mv(zn, jnp.ones_like(zm), zm).s
-            c_s = mv(zn, zm, jnp.ones_like(zm)).s
+            c_y = comp_y(jnp.ones_like(zm))
+            c_s = comp_s(jnp.ones_like(zm))
             if self.cholesky:
                 zero = self.cones.zero
                 factor = _diagonal_init(P, A, c_y, c_s, zero)
@@ -214,8 +228,8 @@ class ConeKKTSolver(lx.AbstractLinearSolver):
         # Comb j has a one at offset j of every block; the products' rows give
         # column (start + j) of each block.
         combs = jnp.asarray(offset[None, :] == np.arange(width)[:, None], dtype)
-        C_y = jax.vmap(lambda c: mv(zn, c, zm).s)(combs)
-        C_s = jax.vmap(lambda c: mv(zn, zm, c).s)(combs)
+        C_y = jax.vmap(comp_y)(combs)
+        C_s = jax.vmap(comp_s)(combs)
         rows = np.repeat(np.arange(m), width)
         js = np.tile(np.arange(width), m)
         valid = js < size[rows]
