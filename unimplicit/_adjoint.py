@@ -79,8 +79,10 @@ class ImplicitAdjoint(AbstractAdjoint):
         Anderson-accelerated fixed-point iteration on `u = w + u ∂f/∂y`
         ([`unimplicit.NeumannSolver`][] with `history=5`; `rtol=1e-4, atol=1e-8` in
         float32, `1e-10, 1e-12` in float64); for a `Root`, `lineax.GMRES`
-        (tolerance `1e-4` in float32, `1e-10` in float64); dense LU for the small
-        KKT systems of convex programs. A backward solve that fails (a singular
+        (tolerance `1e-4` in float32, `1e-10` in float64); for convex programs,
+        a dense block elimination of the KKT system (refined normal-equations
+        Cholesky with only equality and nonnegative rows, LU otherwise), chosen
+        at the solution. A backward solve that fails (a singular
         `I - ∂f/∂y`, say) raises an error rather than returning NaN gradients.
     - `tags`: Lineax tags describing `∂F/∂y`, e.g. `lineax.symmetric_tag`.
     """

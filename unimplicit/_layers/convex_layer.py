@@ -34,8 +34,10 @@ class ConvexLayer(eqx.Module):
     - `duals`: constraints whose optimal dual values are returned after the
         variables (default none).
     - `backend`: the solver; `InteriorPoint()` by default.
-    - `adjoint`: how to differentiate; `ImplicitAdjoint()` (dense LU on the
-        cone-program residual) by default.
+    - `adjoint`: how to differentiate; `ImplicitAdjoint()` by default (a dense
+        block elimination of the cone-program residual's Jacobian: a refined
+        normal-equations Cholesky with only equality and nonnegative rows, LU
+        otherwise).
     - `smoothing`: `mu >= 0`: take the solution (and its gradient) at the central-path
         point `s∘y = mu e`, for smooth gradients at degenerate active sets.
     - `max_steps`: the bound on solver steps.
