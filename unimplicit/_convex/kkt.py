@@ -101,11 +101,21 @@ class Factorisation(eqx.Module):
     D: Array  # Cholesky factor of the Schur complement reg I + C C^T
     scalings: tuple
     blocks: tuple = eqx.field(static=True)
-    # With `split`: the nonnegative rows that may be kept out of `H` (indices into
-    # the conic rows), and which of them are. `E` then holds the equality rows
-    # only, while `C` and `D` also cover these rows.
-    rows: Array | None = None
+    # With `split`: which of the candidate rows are kept out of `H`, and the
+    # candidates (indices into the conic rows; None: the first `len(kept)`). `E`
+    # then holds the equality rows only, while `C` and `D` also cover the
+    # candidates.
     kept: Array | None = None
+    rows: Array | None = None
+
+
+def _take(v: Array, rows: Array | None, k: int) -> Array:
+    # (A slice where possible: under vmap, gathers and scatters are slow on CPU.)
+    return v[:k] if rows is None else v[rows]
+
+
+def _put(v: Array, rows: Array | None, u: Array) -> Array:
+    return v.at[: u.shape[0]].set(u) if rows is None else v.at[rows].set(u)
 
 
 def _split_rows(P, G, B, w, k):
@@ -125,11 +135,12 @@ def _split_rows(P, G, B, w, k):
     d = w**2
     term = jnp.sum(G[:k] ** 2, axis=1) / d  # the row's part of diag(B^T B)
     r = min(n, k)
-    rows = jnp.arange(k) if r == k else jax.lax.top_k(term, r)[1]
-    kept = term[rows] > _SPLIT * jnp.maximum(1, jnp.max(jnp.abs(P), initial=0))
-    B = B.at[rows].set(jnp.where(kept[:, None], 0, B[rows]))
-    extra = jnp.where(kept[:, None], G[rows], 0)
-    return B, (rows, kept, extra, jnp.where(kept, d[rows], 1))
+    rows = None if r == k else jax.lax.top_k(term, r)[1]
+    limit = _SPLIT * jnp.maximum(1, jnp.max(jnp.abs(P), initial=0))
+    kept = _take(term, rows, r) > limit
+    B = _put(B, rows, jnp.where(kept[:, None], 0, _take(B, rows, r)))
+    extra = jnp.where(kept[:, None], _take(G, rows, r), 0)
+    return B, (kept, rows, extra, jnp.where(kept, _take(d, rows, r), 1))
 
 
 def factorise(
@@ -167,13 +178,13 @@ def factorise(
     # The quasi-definite [[H, E^T], [E, -reg I]] = M diag(I, -I) M^T with
     # M = [[L, 0], [C, D]], C = E L^{-T} and D D^T = reg I + C C^T.
     if moved is not None:
-        rows, kept, extra, d = moved
+        kept, rows, extra, d = moved
         # The kept rows' block of the quasi-definite system is -W^2, not -reg I.
         C = jsl.solve_triangular(L, jnp.concatenate([E, extra]).T, lower=True).T
         diag = jnp.concatenate([jnp.full((p,), reg, H.dtype), d])
         D = jsl.cholesky(jnp.diag(diag) + C @ C.T, lower=True)
         return Factorisation(
-            P, E, G, B, L, C, D, tuple(scalings), tuple(blocks), rows, kept
+            P, E, G, B, L, C, D, tuple(scalings), tuple(blocks), kept, rows
         )
     C = jsl.solve_triangular(L, E.T, lower=True).T
     D = (
@@ -186,7 +197,7 @@ def factorise(
 
 def solve(f: Factorisation, rx: Array, rp: Array) -> tuple[Array, Array]:
     """Solve the full system for right-hand sides `(rx, rp)` (vectors or columns)."""
-    if f.rows is not None:
+    if f.kept is not None:
         return _solve_split(f, rx, rp)
     p = f.C.shape[0]
     rp_e, rp_g = rp[:p], rp[p:]
@@ -206,19 +217,19 @@ def solve(f: Factorisation, rx: Array, rp: Array) -> tuple[Array, Array]:
 def _solve_split(f: Factorisation, rx: Array, rp: Array) -> tuple[Array, Array]:
     # As `solve`, with the kept rows moved from the normal equations to the Schur
     # complement: their right-hand side enters there, and their `dy` comes from it.
-    assert f.rows is not None and f.kept is not None
-    p = f.E.shape[0]
+    assert f.kept is not None
+    p, r, rows = f.E.shape[0], f.kept.shape[0], f.rows
     rp_e, rp_g = rp[:p], rp[p:]
     kept = f.kept.reshape(f.kept.shape + (1,) * (rp.ndim - 1))
     t = unscale(f.blocks, f.scalings, rp_g)
-    t = t.at[f.rows].set(jnp.where(kept, 0, t[f.rows]))
-    rs = jnp.concatenate([rp_e, jnp.where(kept, rp_g[f.rows], 0)])
+    t = _put(t, rows, jnp.where(kept, 0, _take(t, rows, r)))
+    rs = jnp.concatenate([rp_e, jnp.where(kept, _take(rp_g, rows, r), 0)])
     w1 = jsl.solve_triangular(f.L, rx + f.B.T @ t, lower=True)
     w2 = jsl.solve_triangular(f.D, rs - f.C @ w1, lower=True)
     dy_s = jsl.solve_triangular(f.D, -w2, lower=True, trans="T")
     dx = jsl.solve_triangular(f.L, w1 - f.C.T @ dy_s, lower=True, trans="T")
     dy_g = unscale(f.blocks, f.scalings, f.B @ dx - t)
-    dy_g = dy_g.at[f.rows].set(jnp.where(kept, dy_s[p:], dy_g[f.rows]))
+    dy_g = _put(dy_g, rows, jnp.where(kept, dy_s[p:], _take(dy_g, rows, r)))
     return dx, jnp.concatenate([dy_s[:p], dy_g], axis=0)
 
 
