@@ -79,20 +79,22 @@ def _inf_norm(v: Array) -> Array:
     return jnp.max(jnp.abs(v), initial=0)
 
 
-def _defaults(dtype: Any) -> tuple[float, int]:
+def _defaults(dtype: Any, soc: bool) -> tuple[float, int]:
     """Default tolerance and rounds of KKT refinement for a dtype.
 
     float64 solves are accurate enough unrefined (refining costs ~40% a step at
-    small sizes). In float32 the reduced KKT system's accuracy, not the method,
-    limits the reachable tolerance: two rounds of refinement recover most of it
-    (random QPs at n=20: 39/64 -> 64/64 solved at 1e-4), while relative gaps
-    much below 1e-4 need the scaling's spread past what float32 Cholesky of the
-    normal equations can resolve (53-57/64 at 1e-5; 110-118/128 at 1e-4 for
-    n=128; the rest stall).
+    small sizes). In float32 the normal equations' accuracy, not the method,
+    limits the reachable tolerance. Keeping strongly active nonnegative rows out
+    of them (`kkt.factorise`'s `split`) removes that limit for zero and
+    nonnegative cones: the random QPs of `benchmarks/bench_qp.py` all solve at
+    1e-4 unrefined (n=128, seeds 0-9; before, 124-127 of 128 with two rounds).
+    One round would add margin at 1e-5 (all solved, against 127-128 of 128
+    unrefined) for ~35% more time at n=128. Second-order rows stay in the normal
+    equations, where two rounds keep the solves accurate enough for 1e-4.
     """
     if jnp.finfo(dtype).bits >= 64:
         return 1e-8, 0
-    return 1e-4, 2
+    return 1e-4, 2 if soc else 0
 
 
 class _Problem(eqx.Module):
@@ -108,6 +110,8 @@ class _Problem(eqx.Module):
     reg: float = eqx.field(static=True)
     stall_tol: float = eqx.field(static=True)
     refinement: int = eqx.field(static=True)
+    # float32 only: see `kkt.factorise`'s `split` (float64 does not need it).
+    keep_active: bool = eqx.field(static=True)
     nb: Array  # |b|_inf
     nq: Array  # |q|_inf
 
@@ -189,7 +193,9 @@ class _Problem(eqx.Module):
 
     def factorise(self, scalings, boost: bool | Array = False):
         E, G = self.split(self.A)
-        return kkt.factorise(self.P, E, G, self.blocks, scalings, self.reg, boost)
+        return kkt.factorise(
+            self.P, E, G, self.blocks, scalings, self.reg, boost, self.keep_active
+        )
 
 
 def _initial_point(pb: _Problem) -> _Iterate:
@@ -396,7 +402,7 @@ def solve_cone_program(
     """Run the interior-point method on one cone program (vmap for a batch)."""
     cones = program.cones
     dtype = data.q.dtype
-    default_tol, default_refinement = _defaults(dtype)
+    default_tol, default_refinement = _defaults(dtype, bool(cones.soc))
     tol = default_tol if tol is None else tol
     eps = float(jnp.finfo(dtype).eps)
     pb = _Problem(
@@ -412,6 +418,7 @@ def solve_cone_program(
         reg=eps ** (2 / 3) if regularisation is None else regularisation,
         stall_tol=tol**0.5,
         refinement=default_refinement if refinement is None else refinement,
+        keep_active=jnp.finfo(dtype).bits < 64,
         nb=_inf_norm(data.b),
         nq=_inf_norm(data.q),
     )
@@ -549,8 +556,9 @@ class InteriorPoint(AbstractBackend):
         matrix (machine precision times the pivots is added to it). `None`:
         `eps^(2/3)` of the dtype.
     - `refinement`: rounds of iterative refinement of each KKT solve. `None`: 0 in
-        float64, 2 in float32 (where the solves are otherwise too inaccurate to
-        reach the default tolerance reliably).
+        float64; in float32, 0 with only zero and nonnegative cones, else 2 (where
+        the solves are otherwise too inaccurate to reach the default tolerance
+        reliably). In float32, 1 adds margin for tolerances below the default.
     """
 
     tol: float | None = eqx.field(static=True, default=None)

@@ -17,17 +17,21 @@ recomputes exact residuals every step, absorbs the resulting tiny direction erro
 Late in a solve `W^{-2}` spans many orders of magnitude and `P + B^T B` becomes
 ill-conditioned; in float32 the plain solve then loses most of its digits.
 `solve_refined` adds iterative refinement against the unregularised system, which
-recovers them (as long as the factorisation is not wholly wrong).
+recovers them as long as the factorisation is not wholly wrong. In float32 at
+n=128 it is (refinement then diverges), so there `factorise(..., split=True)`
+moves the strongly active nonnegative rows out of `P + B^T B` into the Schur
+complement, next to the equality rows, where they cost no accuracy.
 """
 
 from collections.abc import Sequence
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jaxtyping import Array
 
-from .cones import AbstractCone
+from .cones import AbstractCone, NonnegativeCone
 
 
 def blockwise(blocks: Sequence[AbstractCone], fn, *vectors: Array) -> Array:
@@ -79,6 +83,11 @@ def _apply(blocks, scalings, v, method):
 # `eps * big` does not always keep Cholesky from breaking down (near the boundary
 # of second-order cones especially); a retried step uses this much more.
 _BOOST = 1e4
+# `split` keeps a row out of `H` when its term in `diag(B^T B)` exceeds this many
+# times `max(1, max|P|)`. Any value from 30 to 1000 solves all random QPs of
+# `benchmarks/bench_qp.py` (n=128 and n=20, seeds 0-1) in float32 at 1e-5, with
+# two rounds of refinement.
+_SPLIT = 100.0
 
 
 class Factorisation(eqx.Module):
@@ -93,6 +102,46 @@ class Factorisation(eqx.Module):
     D: Array  # Cholesky factor of the Schur complement reg I + C C^T
     scalings: tuple
     blocks: tuple = eqx.field(static=True)
+    # With `split`: which of the candidate rows are kept out of `H`, and the
+    # candidates (indices into the conic rows; None: the first `len(kept)`). `E`
+    # then holds the equality rows only, while `C` and `D` also cover the
+    # candidates.
+    kept: Array | None = None
+    rows: Array | None = None
+
+
+def _take(v: Array, rows: Array | None, k: int) -> Array:
+    # (A slice when every row is a candidate, rather than a gather of all rows.)
+    return v[:k] if rows is None else v[rows]
+
+
+def _put(v: Array, rows: Array | None, u: Array) -> Array:
+    return v.at[: u.shape[0]].set(u) if rows is None else v.at[rows].set(u)
+
+
+def _split_rows(P, G, B, w, k):
+    """Choose the nonnegative rows to keep out of the normal equations.
+
+    A row whose term in `B^T B` dwarfs `P` (an active constraint late in a solve,
+    where `y / s` grows like `1 / mu`) makes `H` as ill-conditioned as the spread
+    of the scaling, which float32 cannot resolve: the refined solve then diverges
+    (measured at n=128: its residual grows 10x over four rounds). Kept out of `H`
+    and treated like an equality row, with `-W^2` for `-reg I`, such a row enters
+    the Schur complement `W^2 + G H^{-1} G^T` instead, where nothing is lost: `H`
+    holds only moderate terms, and a tiny `W^2` only adds to a diagonal. A
+    nondegenerate solution has at most `n` active rows, so the `min(n, k)` rows
+    with the largest terms are the candidates (the Schur complement's size).
+    """
+    n = P.shape[0]
+    d = w**2
+    term = jnp.sum(G[:k] ** 2, axis=1) / d  # the row's part of diag(B^T B)
+    r = min(n, k)
+    rows = None if r == k else jax.lax.top_k(term, r)[1]
+    limit = _SPLIT * jnp.maximum(1, jnp.max(jnp.abs(P), initial=0))
+    kept = _take(term, rows, r) > limit
+    B = _put(B, rows, jnp.where(kept[:, None], 0, _take(B, rows, r)))
+    extra = jnp.where(kept[:, None], _take(G, rows, r), 0)
+    return B, (kept, rows, extra, jnp.where(kept, _take(d, rows, r), 1))
 
 
 def factorise(
@@ -103,14 +152,20 @@ def factorise(
     scalings,
     reg_scale: float,
     boost: bool | Array = False,
+    split: bool = False,
 ) -> Factorisation:
     """Factorise the reduced system for the given Nesterov-Todd scalings.
 
     `boost` (a traced boolean allowed) multiplies the dynamic part of the
     regularisation by `_BOOST`: for retrying a step whose factorisation broke down.
+    `split` (static) keeps strongly active nonnegative rows out of the normal
+    equations (see `_split_rows`); float32 needs it, float64 does not.
     """
     n, p = P.shape[0], E.shape[0]
     B = unscale(blocks, scalings, G)
+    moved = None
+    if split and blocks and isinstance(blocks[0], NonnegativeCone):
+        B, moved = _split_rows(P, G, B, scalings[0], blocks[0].dim)
     # (Cholesky reads only the lower triangle, but forming just that half by
     # blocks was slower: XLA spreads one large product over both cores of a
     # small machine better than three smaller ones and the copies that join them.)
@@ -132,6 +187,15 @@ def factorise(
     L = jsl.cholesky(H, lower=True)
     # The quasi-definite [[H, E^T], [E, -reg I]] = M diag(I, -I) M^T with
     # M = [[L, 0], [C, D]], C = E L^{-T} and D D^T = reg I + C C^T.
+    if moved is not None:
+        kept, rows, extra, d = moved
+        # The kept rows' block of the quasi-definite system is -W^2, not -reg I.
+        C = jsl.solve_triangular(L, jnp.concatenate([E, extra]).T, lower=True).T
+        diag = jnp.concatenate([jnp.full((p,), reg, H.dtype), d])
+        D = jsl.cholesky(jnp.diag(diag) + C @ C.T, lower=True)
+        return Factorisation(
+            P, E, G, B, L, C, D, tuple(scalings), tuple(blocks), kept, rows
+        )
     C = jsl.solve_triangular(L, E.T, lower=True).T
     D = (
         jsl.cholesky(reg * jnp.eye(p, dtype=H.dtype) + C @ C.T, lower=True)
@@ -143,6 +207,8 @@ def factorise(
 
 def solve(f: Factorisation, rx: Array, rp: Array) -> tuple[Array, Array]:
     """Solve the full system for right-hand sides `(rx, rp)` (vectors or columns)."""
+    if f.kept is not None:
+        return _solve_split(f, rx, rp)
     p = f.C.shape[0]
     rp_e, rp_g = rp[:p], rp[p:]
     t = unscale(f.blocks, f.scalings, rp_g)
@@ -156,6 +222,25 @@ def solve(f: Factorisation, rx: Array, rp: Array) -> tuple[Array, Array]:
     dx = jsl.solve_triangular(f.L, w1, lower=True, trans="T")
     dy_g = unscale(f.blocks, f.scalings, f.B @ dx - t)
     return dx, jnp.concatenate([dy_e, dy_g], axis=0)
+
+
+def _solve_split(f: Factorisation, rx: Array, rp: Array) -> tuple[Array, Array]:
+    # As `solve`, with the kept rows moved from the normal equations to the Schur
+    # complement: their right-hand side enters there, and their `dy` comes from it.
+    assert f.kept is not None
+    p, r, rows = f.E.shape[0], f.kept.shape[0], f.rows
+    rp_e, rp_g = rp[:p], rp[p:]
+    kept = f.kept.reshape(f.kept.shape + (1,) * (rp.ndim - 1))
+    t = unscale(f.blocks, f.scalings, rp_g)
+    t = _put(t, rows, jnp.where(kept, 0, _take(t, rows, r)))
+    rs = jnp.concatenate([rp_e, jnp.where(kept, _take(rp_g, rows, r), 0)])
+    w1 = jsl.solve_triangular(f.L, rx + f.B.T @ t, lower=True)
+    w2 = jsl.solve_triangular(f.D, rs - f.C @ w1, lower=True)
+    dy_s = jsl.solve_triangular(f.D, -w2, lower=True, trans="T")
+    dx = jsl.solve_triangular(f.L, w1 - f.C.T @ dy_s, lower=True, trans="T")
+    dy_g = unscale(f.blocks, f.scalings, f.B @ dx - t)
+    dy_g = _put(dy_g, rows, jnp.where(kept, dy_s[p:], _take(dy_g, rows, r)))
+    return dx, jnp.concatenate([dy_s[:p], dy_g], axis=0)
 
 
 def residual(f: Factorisation, dx: Array, dy: Array, rx: Array, rp: Array):

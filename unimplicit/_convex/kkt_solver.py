@@ -115,7 +115,10 @@ def _diagonal_init(P, A, c_y, c_s, zero):
     of `P` and `G`) in the factorisation, which keeps it accurate, and the
     solve is refined against the exact system (`_diagonal_compute`): the floor
     changes only rows that are active to within `sqrt(eps)`, which refinement
-    corrects quickly.
+    corrects quickly. In float32 that is not enough at n=128 (the IFT solve
+    returned NaN on the random QPs of `benchmarks/bench_qp.py`), so there the
+    factorisation also keeps strongly active rows out of the normal equations, as
+    the forward's does (`kkt.factorise`'s `split`).
     """
     m = A.shape[0]
     G = A[zero:]
@@ -126,7 +129,9 @@ def _diagonal_init(P, A, c_y, c_s, zero):
     d = jnp.maximum(c_y[zero:] / c_s[zero:], jnp.sqrt(eps) * scale)
     blocks = (NonnegativeCone(m - zero),) if m > zero else ()
     scalings = (jnp.sqrt(d),) if m > zero else ()
-    return kkt.factorise(P, A[:zero], G, blocks, scalings, float(eps) ** (2 / 3))
+    reg = float(eps) ** (2 / 3)
+    split = jnp.finfo(A.dtype).bits < 64
+    return kkt.factorise(P, A[:zero], G, blocks, scalings, reg, split=split)
 
 
 def _diagonal_apply(state: _DiagonalState, u1, u2):
