@@ -207,39 +207,28 @@ def factorise(
 
 def solve(f: Factorisation, rx: Array, rp: Array) -> tuple[Array, Array]:
     """Solve the full system for right-hand sides `(rx, rp)` (vectors or columns)."""
-    if f.kept is not None:
-        return _solve_split(f, rx, rp)
-    p = f.C.shape[0]
+    p = f.E.shape[0]
     rp_e, rp_g = rp[:p], rp[p:]
     t = unscale(f.blocks, f.scalings, rp_g)
+    # The rows in the Schur complement: the equality rows, and with `split` the
+    # kept rows, whose right-hand side enters there and whose `dy` comes from it.
+    rs, rows, kept = rp_e, f.rows, None
+    r = 0 if f.kept is None else f.kept.shape[0]
+    if f.kept is not None:
+        kept = f.kept.reshape(f.kept.shape + (1,) * (rp.ndim - 1))
+        t = _put(t, rows, jnp.where(kept, 0, _take(t, rows, r)))
+        rs = jnp.concatenate([rp_e, jnp.where(kept, _take(rp_g, rows, r), 0)])
     w1 = jsl.solve_triangular(f.L, rx + f.B.T @ t, lower=True)
-    if p:
-        w2 = jsl.solve_triangular(f.D, rp_e - f.C @ w1, lower=True)
-        dy_e = jsl.solve_triangular(f.D, -w2, lower=True, trans="T")
-        w1 = w1 - f.C.T @ dy_e
+    if rs.shape[0]:
+        w2 = jsl.solve_triangular(f.D, rs - f.C @ w1, lower=True)
+        dy_s = jsl.solve_triangular(f.D, -w2, lower=True, trans="T")
+        w1 = w1 - f.C.T @ dy_s
     else:
-        dy_e = rp_e
+        dy_s = rs
     dx = jsl.solve_triangular(f.L, w1, lower=True, trans="T")
     dy_g = unscale(f.blocks, f.scalings, f.B @ dx - t)
-    return dx, jnp.concatenate([dy_e, dy_g], axis=0)
-
-
-def _solve_split(f: Factorisation, rx: Array, rp: Array) -> tuple[Array, Array]:
-    # As `solve`, with the kept rows moved from the normal equations to the Schur
-    # complement: their right-hand side enters there, and their `dy` comes from it.
-    assert f.kept is not None
-    p, r, rows = f.E.shape[0], f.kept.shape[0], f.rows
-    rp_e, rp_g = rp[:p], rp[p:]
-    kept = f.kept.reshape(f.kept.shape + (1,) * (rp.ndim - 1))
-    t = unscale(f.blocks, f.scalings, rp_g)
-    t = _put(t, rows, jnp.where(kept, 0, _take(t, rows, r)))
-    rs = jnp.concatenate([rp_e, jnp.where(kept, _take(rp_g, rows, r), 0)])
-    w1 = jsl.solve_triangular(f.L, rx + f.B.T @ t, lower=True)
-    w2 = jsl.solve_triangular(f.D, rs - f.C @ w1, lower=True)
-    dy_s = jsl.solve_triangular(f.D, -w2, lower=True, trans="T")
-    dx = jsl.solve_triangular(f.L, w1 - f.C.T @ dy_s, lower=True, trans="T")
-    dy_g = unscale(f.blocks, f.scalings, f.B @ dx - t)
-    dy_g = _put(dy_g, rows, jnp.where(kept, dy_s[p:], _take(dy_g, rows, r)))
+    if kept is not None:
+        dy_g = _put(dy_g, rows, jnp.where(kept, dy_s[p:], _take(dy_g, rows, r)))
     return dx, jnp.concatenate([dy_s[:p], dy_g], axis=0)
 
 
