@@ -51,6 +51,8 @@ _STALL_GROWTH = 10.0
 # A rejected step is retried this much shorter; a sample stalls at its
 # (`_RETRIES` + 1)-th rejection.
 _RETRY_DAMPING = 0.25
+# Near the end, a step that leaves the error above this fraction of what it was
+# counts as a failure too (see the step loop).
 _SLOW = 0.9
 _RETRIES = 2
 _POLISH_STEPS = 3
