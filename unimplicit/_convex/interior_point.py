@@ -112,8 +112,6 @@ class _Problem(eqx.Module):
     reg: float = eqx.field(static=True)
     stall_tol: float = eqx.field(static=True)
     refinement: int = eqx.field(static=True)
-    # float32 only: see `kkt.factorise`'s `split` (float64 does not need it).
-    keep_active: bool = eqx.field(static=True)
     nb: Array  # |b|_inf
     nq: Array  # |q|_inf
 
@@ -195,9 +193,7 @@ class _Problem(eqx.Module):
 
     def factorise(self, scalings, boost: bool | Array = False):
         E, G = self.split(self.A)
-        return kkt.factorise(
-            self.P, E, G, self.blocks, scalings, self.reg, boost, self.keep_active
-        )
+        return kkt.factorise(self.P, E, G, self.blocks, scalings, self.reg, boost)
 
 
 def _initial_point(pb: _Problem) -> _Iterate:
@@ -420,7 +416,6 @@ def solve_cone_program(
         reg=eps ** (2 / 3) if regularisation is None else regularisation,
         stall_tol=tol**0.5,
         refinement=default_refinement if refinement is None else refinement,
-        keep_active=jnp.finfo(dtype).bits < 64,
         nb=_inf_norm(data.b),
         nq=_inf_norm(data.q),
     )

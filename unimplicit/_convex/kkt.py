@@ -152,16 +152,19 @@ def factorise(
     scalings,
     reg_scale: float,
     boost: bool | Array = False,
-    split: bool = False,
+    split: bool | None = None,
 ) -> Factorisation:
     """Factorise the reduced system for the given Nesterov-Todd scalings.
 
     `boost` (a traced boolean allowed) multiplies the dynamic part of the
     regularisation by `_BOOST`: for retrying a step whose factorisation broke down.
     `split` (static) keeps strongly active nonnegative rows out of the normal
-    equations (see `_split_rows`); float32 needs it, float64 does not.
+    equations (see `_split_rows`); `None`: below float64 only (float32 needs it,
+    float64 does not).
     """
     n, p = P.shape[0], E.shape[0]
+    if split is None:
+        split = jnp.finfo(P.dtype).bits < 64
     B = unscale(blocks, scalings, G)
     moved = None
     if split and blocks and isinstance(blocks[0], NonnegativeCone):

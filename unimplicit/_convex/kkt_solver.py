@@ -118,7 +118,7 @@ def _diagonal_init(P, A, c_y, c_s, zero):
     corrects quickly. In float32 that is not enough at n=128 (the IFT solve
     returned NaN on the random QPs of `benchmarks/bench_qp.py`), so there the
     factorisation also keeps strongly active rows out of the normal equations, as
-    the forward's does (`kkt.factorise`'s `split`).
+    the forward's does (`kkt.factorise`'s `split`, on by default below float64).
     """
     m = A.shape[0]
     G = A[zero:]
@@ -129,9 +129,7 @@ def _diagonal_init(P, A, c_y, c_s, zero):
     d = jnp.maximum(c_y[zero:] / c_s[zero:], jnp.sqrt(eps) * scale)
     blocks = (NonnegativeCone(m - zero),) if m > zero else ()
     scalings = (jnp.sqrt(d),) if m > zero else ()
-    reg = float(eps) ** (2 / 3)
-    split = jnp.finfo(A.dtype).bits < 64
-    return kkt.factorise(P, A[:zero], G, blocks, scalings, reg, split=split)
+    return kkt.factorise(P, A[:zero], G, blocks, scalings, float(eps) ** (2 / 3))
 
 
 def _diagonal_apply(state: _DiagonalState, u1, u2):
