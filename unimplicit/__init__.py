@@ -11,12 +11,15 @@ from ._adjoint import (
     PhantomAdjoint as PhantomAdjoint,
     UnrolledAdjoint as UnrolledAdjoint,
 )
-from ._backend import AbstractBackend as AbstractBackend
+from ._backend import (
+    AbstractBackend as AbstractBackend,
+    BackendOutput as BackendOutput,
+    register_backend as register_backend,
+)
 from ._condition import (
     AbstractCondition as AbstractCondition,
     AbstractEquilibrium as AbstractEquilibrium,
-    FixedPoint as FixedPoint,
-    Root as Root,
+    AbstractFixedPoint as AbstractFixedPoint,
 )
 from ._convex.cone_program import (
     ConeData as ConeData,
@@ -30,17 +33,19 @@ from ._convex.quadratic_program import (
     QPSolution as QPSolution,
     QuadraticProgram as QuadraticProgram,
 )
+from ._equilibria import FixedPoint as FixedPoint, Root as Root
 from ._flow.diffrax_backend import Diffrax as Diffrax
+from ._flow.flow import AbstractFlow as AbstractFlow, DiffraxAdjoint as DiffraxAdjoint
 from ._flow.ode import ODE as ODE
 from ._flow.sde import SDE as SDE
 from ._ift import implicit_solve as implicit_solve
-from ._iterate import OptimistixBackend as OptimistixBackend
 from ._layers.cnf import CNF as CNF
 from ._layers.convex_layer import ConvexLayer as ConvexLayer
 from ._layers.deq import DEQ as DEQ
 from ._layers.neural_ode import NeuralODE as NeuralODE
 from ._layers.neural_sde import NeuralSDE as NeuralSDE
 from ._linear_solver import NeumannSolver as NeumannSolver
+from ._optimistix import OptimistixBackend as OptimistixBackend
 from ._solution import RESULTS as RESULTS, Solution as Solution
 from ._solve import solve as solve
 from ._solver.anderson import Anderson as Anderson

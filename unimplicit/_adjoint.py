@@ -1,4 +1,5 @@
 import abc
+import functools as ft
 from typing import Any
 
 import equinox as eqx
@@ -7,59 +8,58 @@ import jax.tree_util as jtu
 import lineax as lx
 from jaxtyping import PyTree
 
-from ._backend import AbstractBackend
-from ._condition import AbstractEquilibrium, FixedPoint
+from ._backend import AbstractBackend, BackendOutput
+from ._condition import AbstractCondition, AbstractEquilibrium, AbstractFixedPoint
 from ._ift import implicit_solve
 from ._misc import tree_stop_gradient
-from ._solution import RESULTS
-
-
-_Out = tuple[PyTree, RESULTS, dict[str, Any], Any]
 
 
 class AbstractAdjoint(eqx.Module):
-    """How the output of an equilibrium condition is differentiated."""
+    """How the output of a condition is differentiated.
+
+    An adjoint declares which conditions it can differentiate (`supports`) and runs
+    the backend (`apply`), attaching its derivatives to the value.
+    """
+
+    @abc.abstractmethod
+    def supports(self, condition: AbstractCondition) -> bool:
+        """Whether this adjoint can differentiate `condition`."""
 
     @abc.abstractmethod
     def apply(
         self,
         backend: AbstractBackend,
-        condition: AbstractEquilibrium,
+        condition: AbstractCondition,
         y0: PyTree,
         args: PyTree,
         *,
         max_steps: int,
         options: dict[str, Any],
-    ) -> _Out:
+    ) -> BackendOutput:
         """Run `backend` on `condition`, attaching this adjoint's derivatives.
 
-        **Returns:** `(value, result, stats, aux)` as from `AbstractBackend.forward`.
+        **Returns:** the [`unimplicit.BackendOutput`][] of `backend.forward`.
         """
 
 
-def _forward(backend, y0, max_steps, options):
-    def forward(inputs):
-        condition, args = inputs
-        value, result, stats, aux = backend.forward(
-            condition,
-            y0,
-            args,
-            max_steps=max_steps,
-            options=options,
-            differentiable=False,
-        )
-        return value, (result, stats, aux)
-
-    return forward
+def _forward(inputs, max_steps):
+    # Module-level (and so closing over nothing): every array it uses, the initial
+    # state included, arrives through `inputs`, which the custom JVP sees. A
+    # closed-over tracer would leak out of an outer `jax.jit` under `jax.grad`.
+    backend, condition, y0, args, options = inputs
+    out = backend.forward(
+        condition, y0, args, max_steps=max_steps, options=options, adjoint=None
+    )
+    return out.value, eqx.tree_at(lambda o: o.value, out, None)
 
 
 def _residual(y, inputs):
-    condition, args = inputs
+    _, condition, _, args, _ = inputs
     return condition.residual(y, args)
 
 
 def _default_linear_solver(y, inputs):
-    condition, args = inputs
+    _, condition, _, args, _ = inputs
     return condition.default_linear_solver(y, args)
 
 
@@ -69,7 +69,7 @@ class ImplicitAdjoint(AbstractAdjoint):
     At the solution `y*` of `F(y, θ) = 0`, the derivative is
     `dy*/dθ = -(∂F/∂y)^{-1} ∂F/∂θ`; reverse mode solves the transposed system. The
     forward iterations are not differentiated, so memory does not grow with their
-    number.
+    number. The default adjoint of every equilibrium condition.
 
     **Arguments:**
 
@@ -90,21 +90,29 @@ class ImplicitAdjoint(AbstractAdjoint):
     linear_solver: lx.AbstractLinearSolver | None = None
     tags: frozenset[object] = frozenset()
 
-    def apply(self, backend, condition, y0, args, *, max_steps, options) -> _Out:
+    def supports(self, condition: AbstractCondition) -> bool:
+        return isinstance(condition, AbstractEquilibrium)
+
+    def apply(
+        self, backend, condition, y0, args, *, max_steps, options
+    ) -> BackendOutput:
+        assert isinstance(condition, AbstractEquilibrium)
         condition = condition.closure_convert(y0, args)
         # Without a solver given, the condition picks one at the solution.
         linear_solver = self.linear_solver
         if linear_solver is None:
             linear_solver = _default_linear_solver
+        # The initial state is an input of the forward solve but not of the
+        # answer: no tangent flows through it.
         y0 = jax.lax.stop_gradient(y0)
-        value, (result, stats, aux) = implicit_solve(
-            _forward(backend, y0, max_steps, options),
+        value, out = implicit_solve(
+            ft.partial(_forward, max_steps=max_steps),
             _residual,
-            (condition, args),
+            (backend, condition, y0, args, options),
             linear_solver,
             self.tags,
         )
-        return value, result, stats, aux
+        return eqx.tree_at(lambda o: o.value, out, value, is_leaf=lambda x: x is None)
 
 
 class UnrolledAdjoint(AbstractAdjoint):
@@ -112,27 +120,35 @@ class UnrolledAdjoint(AbstractAdjoint):
 
     Exact for the iterates actually computed, but its memory grows with the number
     of iterations. The loop is checkpointed, which trades some of that memory for
-    recomputation. Mostly useful as a reference for the other adjoints.
+    recomputation. Mostly useful as a reference for the other adjoints. Works with
+    every condition and backend (for a flow on `unimplicit.Diffrax`, it is
+    `diffrax.RecursiveCheckpointAdjoint(checkpoints)`).
 
     **Arguments:**
 
-    - `checkpoints`: how many iterates an Optimistix-protocol loop stores for the
-        backward pass; `None` lets Equinox choose (about the square root of
+    - `checkpoints`: how many iterates the loop stores for the backward pass;
+        `None` lets Equinox (or Diffrax) choose (about the square root of
         `max_steps`), `max_steps` stores every iterate (plain backpropagation).
     """
 
     checkpoints: int | None = eqx.field(default=None, static=True)
 
-    def apply(self, backend, condition, y0, args, *, max_steps, options) -> _Out:
-        if self.checkpoints is not None:
-            options = {**options, "checkpoints": self.checkpoints}
+    def __check_init__(self):
+        c = self.checkpoints
+        if c is not None and (isinstance(c, bool) or not isinstance(c, int) or c < 1):
+            raise ValueError(
+                f"UnrolledAdjoint(checkpoints=...) must be None or an int >= 1, got "
+                f"{c!r}."
+            )
+
+    def supports(self, condition: AbstractCondition) -> bool:
+        return True
+
+    def apply(
+        self, backend, condition, y0, args, *, max_steps, options
+    ) -> BackendOutput:
         return backend.forward(
-            condition,
-            y0,
-            args,
-            max_steps=max_steps,
-            options=options,
-            differentiable=True,
+            condition, y0, args, max_steps=max_steps, options=options, adjoint=self
         )
 
 
@@ -142,8 +158,9 @@ class PhantomAdjoint(AbstractAdjoint):
     The forward value is the solver's. The gradient is that of
     `z_{k+1} = (1 - λ) z_k + λ f(z_k, args)` run for `steps` steps from the
     (non-differentiated) solution: a cheap approximation of the implicit gradient
-    (Geng et al., 2021). `steps=1, damping=1.0` is Jacobian-free backpropagation
-    (Fung et al., 2022). Only for `FixedPoint` conditions.
+    (Geng et al., 2021, "On Training Implicit Models"). `steps=1, damping=1.0` is
+    Jacobian-free backpropagation (Fung et al., 2022, "JFB: Jacobian-Free
+    Backpropagation for Implicit Networks"). Only for fixed-point conditions.
 
     **Arguments:**
 
@@ -162,23 +179,18 @@ class PhantomAdjoint(AbstractAdjoint):
                 f"PhantomAdjoint needs 0 < damping <= 1, got {self.damping}."
             )
 
-    def apply(self, backend, condition, y0, args, *, max_steps, options) -> _Out:
-        if not isinstance(condition, FixedPoint):
-            raise TypeError(
-                "PhantomAdjoint differentiates steps of a fixed-point map, so it "
-                f"needs a FixedPoint condition, not {type(condition).__name__}. Use "
-                "ImplicitAdjoint or UnrolledAdjoint instead."
-            )
+    def supports(self, condition: AbstractCondition) -> bool:
+        return isinstance(condition, AbstractFixedPoint)
+
+    def apply(
+        self, backend, condition, y0, args, *, max_steps, options
+    ) -> BackendOutput:
+        assert isinstance(condition, AbstractFixedPoint)
         inputs = tree_stop_gradient((condition, y0, args))
-        value, result, stats, aux = backend.forward(
-            inputs[0],
-            inputs[1],
-            inputs[2],
-            max_steps=max_steps,
-            options=options,
-            differentiable=False,
+        out = backend.forward(
+            *inputs, max_steps=max_steps, options=options, adjoint=None
         )
-        y_star = jax.lax.stop_gradient(value)
+        y_star = jax.lax.stop_gradient(out.value)
         z = y_star
         lam = self.damping
         for _ in range(self.steps):
@@ -186,4 +198,4 @@ class PhantomAdjoint(AbstractAdjoint):
             z = jtu.tree_map(lambda a, b: (1 - lam) * a + lam * b, z, fz)
         # Straight-through: the value stays the solver's, the gradient is z's.
         value = jtu.tree_map(lambda s, a: s + (a - jax.lax.stop_gradient(a)), y_star, z)
-        return value, result, stats, aux
+        return eqx.tree_at(lambda o: o.value, out, value)

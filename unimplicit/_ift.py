@@ -10,6 +10,9 @@ free: JAX transposes the JVP, and Lineax transposes the linear solve, giving
 forward iterations is kept: memory does not grow with the number of solver steps.
 """
 
+import functools as ft
+import inspect
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -45,13 +48,36 @@ def implicit_solve(
     - `tags`: Lineax tags describing `∂F/∂y` (e.g. `lineax.symmetric_tag`).
 
     `forward` and `residual` must not close over JAX arrays: pass those in `inputs`
-    (see `AbstractEquilibrium.closure_convert`).
+    (see `AbstractEquilibrium.closure_convert`). As in Optimistix, this is
+    enforced: each must be a module-level function, or a `functools.partial` of one
+    whose bound arguments hold no arrays. (A closed-over tracer of an outer
+    `jax.jit` would otherwise escape under `jax.grad`.)
 
     **Returns:**
 
     `forward(inputs)`, with tangents attached to `y`.
     """
+    _assert_closes_over_no_arrays(forward, "forward")
+    _assert_closes_over_no_arrays(residual, "residual")
     return _implicit(forward, residual, inputs, linear_solver, tags)
+
+
+def _assert_closes_over_no_arrays(fn: Any, name: str) -> None:
+    bound: list[Any] = []
+    if isinstance(fn, ft.partial):
+        bound = [fn.args, fn.keywords]
+        fn = fn.func
+    # (Decorators such as jaxtyping's runtime checks close over the function they
+    # wrap, not over arrays: look through them.)
+    fn = inspect.unwrap(fn)
+    ok = isinstance(fn, types.FunctionType) and fn.__closure__ is None
+    ok = ok and not any(isinstance(x, jax.Array) for x in jtu.tree_leaves(bound))
+    if not ok:
+        raise AssertionError(
+            f"implicit_solve: `{name}` must be a module-level function (or a "
+            "functools.partial of one binding no arrays); pass the arrays it uses "
+            "through `inputs`."
+        )
 
 
 @eqx.filter_custom_jvp

@@ -1,195 +1,150 @@
+"""The one iteration loop that drives every iterative solver in the library.
+
+Optimistix-protocol solvers (ours and Optimistix's), the Neumann backward solve,
+the interior point and the power iteration all run here: `init`, then `step` and
+`terminate` until done, then `postprocess`.
+"""
+
+from collections.abc import Callable
 from typing import Any
 
 import equinox as eqx
 import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
-import jax.tree_util as jtu
 import optimistix as optx
-from jaxtyping import PyTree
+from jaxtyping import Array, PyTree
 
-from ._backend import AbstractBackend
-from ._condition import AbstractCondition, FixedPoint, Root
-from ._misc import tree_allfinite, tree_two_norm
+from ._misc import tree_allfinite
 from ._solution import RESULTS
 
 
-_SOLVER_KINDS = (
-    optx.AbstractFixedPointSolver,
-    optx.AbstractRootFinder,
-    optx.AbstractLeastSquaresSolver,
-    optx.AbstractMinimiser,
-)
+class Iterated(eqx.Module):
+    """The outcome of [`iterate`][]: per sample under `jax.vmap`."""
+
+    value: PyTree
+    result: RESULTS
+    num_steps: Array
+    stats: dict[str, Any]
+    aux: Any
+    state: Any
+    trace: Array | None
 
 
-def is_optimistix_solver(x: Any) -> bool:
-    return isinstance(x, _SOLVER_KINDS)
+def _as_ours(result: Any) -> RESULTS:
+    # Optimistix solvers speak `optimistix.RESULTS`; ours may speak ours already.
+    return result if isinstance(result, RESULTS) else RESULTS.promote(result)
 
 
-def _problem_fn(solver, condition):
-    # Present the condition in the form each kind of Optimistix solver expects: the
-    # map itself for fixed-point solvers, the residual for root finders and
-    # least-squares solvers, and half its squared norm for minimisers.
-    if isinstance(solver, optx.AbstractFixedPointSolver):
-        assert isinstance(condition, FixedPoint)
-        return lambda y, args: (condition.fixed_point_map(y, args), None)
-    if isinstance(solver, optx.AbstractMinimiser):
-
-        def objective(y, args):
-            r = condition.residual(y, args)
-            return 0.5 * sum(jnp.sum(x**2) for x in jtu.tree_leaves(r)), None
-
-        return objective
-    return lambda y, args: (condition.residual(y, args), None)
+_OPTX_CODES = len(optx.RESULTS._name_to_item)
 
 
-class OptimistixBackend(AbstractBackend):
-    """Runs any Optimistix solver on a `FixedPoint` or `Root` condition.
+def _as_optimistix(result: RESULTS) -> optx.RESULTS:
+    # For `postprocess`, which Optimistix types as taking its own results. Our
+    # extra codes (after Optimistix's, see `RESULTS.promote`) have no counterpart
+    # there and arrive as a generic failure; a solver that needs more reads its
+    # own state.
+    value = jnp.where(
+        result._value < _OPTX_CODES,
+        result._value,
+        optx.RESULTS.nonlinear_divergence._value,
+    )
+    return eqx.tree_at(lambda r: r._value, optx.RESULTS.successful, value)
 
-    [`unimplicit.solve`][] wraps Optimistix solvers in this automatically. The loop
-    is our own (rather than `optimistix.fixed_point`/`root_find`) so that it can
-    record per-sample residual statistics and, on request, a bounded residual trace
-    (`options={"trace": k}`: the residual norm after each of the first `k` steps,
-    at the price of one extra function evaluation per step).
+
+def iterate(
+    solver: Any,
+    fn: Callable | None,
+    y0: PyTree,
+    args: PyTree,
+    *,
+    max_steps: int,
+    options: dict[str, Any] | None = None,
+    differentiable: bool = False,
+    checkpoints: int | None = None,
+    tags: frozenset[object] = frozenset(),
+    f_struct: PyTree | None = None,
+    aux_struct: PyTree | None = None,
+    trace_len: int = 0,
+    trace_fn: Callable[[PyTree], Array] | None = None,
+    check_finite: bool = True,
+) -> Iterated:
+    """Run `solver` (Optimistix's `init/step/terminate/postprocess` protocol).
+
+    **Arguments:**
+
+    - `solver`: anything with Optimistix's four solver methods.
+    - `fn`, `y0`, `args`, `options`, `tags`: passed to those methods.
+    - `max_steps`: the most `step` calls; stopping there is reported as
+        `RESULTS.nonlinear_max_steps_reached`.
+    - `differentiable`: `False` runs a `jax.lax.while_loop` (never differentiated);
+        `True` a checkpointed loop that reverse-mode autodiff goes through, storing
+        `checkpoints` iterates (`None`: Equinox's default).
+    - `f_struct`, `aux_struct`: the output structures of `fn` given to `init`;
+        computed from `fn` when not given.
+    - `trace_len`, `trace_fn`: record `trace_fn(y)` for `y0` and the first
+        `trace_len - 1` iterates.
+    - `check_finite`: report `RESULTS.nonfinite` for non-finite inputs or iterates.
+
+    Under `jax.vmap` each sample stops on its own: once finished, its iterate,
+    solver state and statistics are frozen (the loop's predicate is per sample, so
+    batching selects the whole carry), and a sample's outcome equals its unbatched
+    outcome.
     """
-
-    solver: optx.AbstractIterativeSolver
-
-    def supports(self, condition: AbstractCondition) -> bool:
-        if isinstance(self.solver, optx.AbstractFixedPointSolver):
-            return isinstance(condition, FixedPoint)
-        return isinstance(condition, (FixedPoint, Root))
-
-    def forward(
-        self,
-        condition: AbstractCondition,
-        y0: PyTree,
-        args: PyTree,
-        *,
-        max_steps: int,
-        options: dict[str, Any],
-        differentiable: bool,
-    ) -> tuple[PyTree, RESULTS, dict[str, Any], Any]:
-        assert isinstance(condition, (FixedPoint, Root))
-        solver = self.solver
-        options = dict(options)
-        trace_len = int(options.pop("trace", 0))
-        checkpoints = options.pop("checkpoints", None)
-        tags = frozenset()
-        fn = _problem_fn(solver, condition)
+    options = {} if options is None else options
+    if f_struct is None and fn is not None:
         f_struct, aux_struct = jax.eval_shape(fn, y0, args)
-        state = solver.init(fn, y0, args, options, f_struct, aux_struct, tags)
-        dynamic_state, static_state = eqx.partition(state, eqx.is_array)
-        dtype = jnp.result_type(*jtu.tree_leaves(y0))
+    state = solver.init(fn, y0, args, options, f_struct, aux_struct, tags)
+    dynamic_state, static_state = eqx.partition(state, eqx.is_array)
+    if trace_len > 0:
+        assert trace_fn is not None
+        first = trace_fn(y0)
+        trace = jnp.full((trace_len,), jnp.nan, first.dtype).at[0].set(first)
+    else:
+        trace = None
 
-        def residual_norm(y):
-            return tree_two_norm(condition.residual(y, args)).astype(dtype)
+    def running(carry):
+        _, step, _, done, result, _ = carry
+        return jnp.invert(done) & (result == RESULTS.successful) & (step < max_steps)
 
-        trace = jnp.full((trace_len,), jnp.nan, dtype)
-        if trace_len > 0:
-            trace = trace.at[0].set(residual_norm(y0))
-
-        def running(done, result):
-            return jnp.invert(done) & (result == optx.RESULTS.successful)
-
-        def cond_fun(carry):
-            _, _, _, done, result, _ = carry
-            if differentiable:
-                return running(done, result)
-            # Under `vmap`, a per-sample predicate makes the loop select between
-            # old and new values of the *whole* carry (solver state included) at
-            # every step. Instead, loop while any sample runs and freeze only the
-            # small per-sample parts below; the solver's state keeps stepping on
-            # finished samples, which is harmless as their `y` no longer changes.
-            return eqxi.unvmap_any(running(done, result))
-
-        def body_fun(carry):
-            y, step, dynamic, done, result, trace = carry
-            active = running(done, result)
-            state = eqx.combine(static_state, dynamic)
-            new_y, new_state, _ = solver.step(fn, y, args, options, state, tags)
-            new_done, new_result = solver.terminate(
-                fn, new_y, args, options, new_state, tags
-            )
-            new_result = optx.RESULTS.where(
-                tree_allfinite(new_y), new_result, optx.RESULTS.nonfinite
-            )
-            new_trace = trace
-            if trace_len > 0:
-                new_trace = trace.at[step + 1].set(residual_norm(new_y), mode="drop")
-            new_dynamic, _ = eqx.partition(new_state, eqx.is_array)
-            if not differentiable:
-                keep = lambda a, b: jnp.where(active, a, b)
-                new_y = jtu.tree_map(keep, new_y, y)
-                new_done = keep(new_done, done)
-                new_result = optx.RESULTS.where(active, new_result, result)
-                new_trace = keep(new_trace, trace)
-            step = jnp.where(active, step + 1, step)
-            return new_y, step, new_dynamic, new_done, new_result, new_trace
-
-        # The loop speaks Optimistix's result type, which the solver's methods
-        # expect; it is promoted to ours once the solver is done.
-        init_result = optx.RESULTS.where(
-            tree_allfinite((y0, args)),
-            optx.RESULTS.successful,
-            optx.RESULTS.nonfinite,
-        )
-        carry = (y0, jnp.array(0), dynamic_state, jnp.array(False), init_result, trace)
-        if differentiable:
-            final = eqxi.while_loop(
-                cond_fun,
-                body_fun,
-                carry,
-                max_steps=max_steps,
-                kind="checkpointed",
-                checkpoints=checkpoints,
-            )
-        else:
-            final = eqxi.while_loop(
-                cond_fun, body_fun, carry, max_steps=max_steps, kind="lax"
-            )
-        y, num_steps, dynamic, done, result, trace = final
-        result = optx.RESULTS.where(
-            (result == optx.RESULTS.successful) & jnp.invert(done),
-            optx.RESULTS.nonlinear_max_steps_reached,
-            result,
-        )
+    def body_fun(carry):
+        y, step, dynamic, _, _, trace = carry
         state = eqx.combine(static_state, dynamic)
-        y, _, solver_stats = solver.postprocess(
-            fn, y, None, args, options, state, tags, result
+        y, state, _ = solver.step(fn, y, args, options, state, tags)
+        done, result = solver.terminate(fn, y, args, options, state, tags)
+        result = _as_ours(result)
+        if check_finite:
+            result = RESULTS.where(tree_allfinite(y), result, RESULTS.nonfinite)  # pyright: ignore[reportArgumentType]
+        if trace is not None:
+            assert trace_fn is not None
+            trace = trace.at[step + 1].set(trace_fn(y), mode="drop")
+        dynamic, _ = eqx.partition(state, eqx.is_array)
+        return y, step + 1, dynamic, done, result, trace
+
+    result = RESULTS.successful
+    if check_finite:
+        finite = tree_allfinite(eqx.filter((y0, args), eqx.is_inexact_array))
+        result = RESULTS.where(finite, result, RESULTS.nonfinite)  # pyright: ignore[reportArgumentType]
+    carry = (y0, jnp.array(0), dynamic_state, jnp.array(False), result, trace)
+    if differentiable:
+        final = eqxi.while_loop(
+            running,
+            body_fun,
+            carry,
+            max_steps=max_steps,
+            kind="checkpointed",
+            checkpoints=checkpoints,
         )
-        result = RESULTS.promote(result)
-        # A solver that already evaluated the residual of the value it returns may
-        # report its 2-norm, which saves one evaluation of the map per solve.
-        rnorm = solver_stats.pop("residual_norm", None)
-        if rnorm is None:
-            rnorm = residual_norm(y)
-        rnorm = jnp.asarray(rnorm, dtype)
-        ynorm = tree_two_norm(y).astype(dtype)
-        relative = rnorm / jnp.maximum(ynorm, jnp.finfo(dtype).tiny)
-        if not isinstance(
-            solver, (optx.AbstractFixedPointSolver, optx.AbstractRootFinder)
-        ):
-            # Least-squares solvers and minimisers stop at stationary points of the
-            # residual norm, which need not be roots: check that this one is.
-            ok = rnorm <= solver.atol + solver.rtol * ynorm
-            result = RESULTS.where(
-                (result == RESULTS.successful) & jnp.invert(ok),
-                RESULTS.not_a_root,  # pyright: ignore[reportArgumentType]
-                result,
-            )
-        result = RESULTS.where(
-            tree_allfinite(y),
-            result,
-            RESULTS.nonfinite,  # pyright: ignore[reportArgumentType]
-        )
-        stats = {
-            "num_steps": num_steps,
-            "max_steps": jnp.asarray(max_steps),
-            "residual_norm": rnorm,
-            "relative_residual": relative,
-            **solver_stats,
-        }
-        if trace_len > 0:
-            stats["residual_trace"] = trace
-        return y, result, stats, None
+    else:
+        final = jax.lax.while_loop(running, body_fun, carry)
+    y, num_steps, dynamic, done, result, trace = final
+    result = RESULTS.where(
+        (result == RESULTS.successful) & jnp.invert(done),
+        RESULTS.nonlinear_max_steps_reached,  # pyright: ignore[reportArgumentType]
+        result,
+    )
+    state = eqx.combine(static_state, dynamic)
+    y, aux, stats = solver.postprocess(
+        fn, y, None, args, options, state, tags, _as_optimistix(result)
+    )
+    return Iterated(y, result, num_steps, dict(stats), aux, state, trace)

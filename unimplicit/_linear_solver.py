@@ -10,12 +10,63 @@ import optimistix as optx
 from equinox.internal import ω
 from jaxtyping import Array, PyTree, Scalar
 
-from ._solver._common import is_concrete
+from ._iterate import iterate
+from ._misc import structure_of
+from ._solution import RESULTS
+from ._solver._common import is_concrete, stop_and_result
 from ._solver.anderson import Anderson
 
 
 # A residual this many times the smallest one seen means the iteration diverges.
 _DIVERGED = 1e4
+
+
+def _neumann_step(x, inputs):
+    # x <- x + A x - b, whose fixed point solves A x = b.
+    operator, vector = inputs
+    ax = operator.mv(x)
+    return jtu.tree_map(lambda xi, ai, bi: xi + ai - bi, x, ax, vector), None
+
+
+class _NeumannState(eqx.Module):
+    error: Array
+    smallest: Array
+    diverged: Array
+
+
+class _NeumannIteration(optx.AbstractFixedPointSolver):
+    # The bare iteration, with only scalars of bookkeeping: in a vmapped loop every
+    # carried array is copied each step, so it keeps no history.
+    rtol: float
+    atol: float
+    norm: Callable[[PyTree], Scalar]
+
+    def init(self, fn, y, args, options, f_struct, aux_struct, tags):
+        del fn, args, options, f_struct, aux_struct, tags
+        dtype = jnp.result_type(*jtu.tree_leaves(y))
+        inf = jnp.array(jnp.inf, jnp.finfo(dtype).dtype)
+        return _NeumannState(inf, inf, jnp.array(False))
+
+    def step(self, fn, y, args, options, state, tags):
+        del options, tags
+        new_y, aux = fn(y, args)
+        r = (new_y**ω - y**ω).ω
+        dtype = state.smallest.dtype
+        with jax.numpy_dtype_promotion("standard"):
+            scale = (self.atol + self.rtol * ω(new_y).call(jnp.abs)).ω
+            error = self.norm((r**ω / scale**ω).ω).astype(dtype)
+        size = self.norm(r).astype(dtype)
+        smallest = jnp.minimum(state.smallest, size)
+        diverged = jnp.invert(jnp.isfinite(size)) | (size > _DIVERGED * smallest)
+        return new_y, _NeumannState(error, smallest, diverged), aux
+
+    def terminate(self, fn, y, args, options, state, tags):
+        del fn, y, args, options, tags
+        return stop_and_result(state.error, state.diverged)
+
+    def postprocess(self, fn, y, aux, args, options, state, tags, result):
+        del fn, args, options, state, tags, result
+        return y, aux, {}
 
 
 class NeumannSolver(lx.AbstractLinearSolver):
@@ -93,72 +144,37 @@ class NeumannSolver(lx.AbstractLinearSolver):
     ) -> tuple[PyTree[Array], lx.RESULTS, dict[str, Any]]:
         operator = state
         x0 = options.get("y0", jtu.tree_map(jnp.zeros_like, vector))
-
-        def step_map(x, _):
-            ax = operator.mv(x)
-            return jtu.tree_map(lambda xi, ai, bi: xi + ai - bi, x, ax, vector), None
-
         if self.history == 0:
-            x, converged, diverged, num_steps = self._plain(step_map, x0)
+            solver = _NeumannIteration(self.rtol, self.atol, self.norm)
         else:
-            x, converged, diverged, num_steps = self._accelerated(step_map, x0)
+            solver = Anderson(
+                rtol=self.rtol, atol=self.atol, history=self.history, norm=self.norm
+            )
+        out = iterate(
+            solver,
+            _neumann_step,
+            x0,
+            (operator, vector),
+            max_steps=self.max_steps,
+            f_struct=structure_of(x0),
+            aux_struct=None,
+        )
+        # Divergence, non-finite values: the series does not converge, which for a
+        # linear solve is a breakdown (singular or expanding `I - J`).
         result = lx.RESULTS.where(
-            converged,
+            out.result == RESULTS.successful,
             lx.RESULTS.successful,
             lx.RESULTS.where(
-                diverged, lx.RESULTS.breakdown, lx.RESULTS.max_steps_reached
+                out.result == RESULTS.nonlinear_max_steps_reached,
+                lx.RESULTS.max_steps_reached,
+                lx.RESULTS.breakdown,
             ),
         )
-        return x, result, {"num_steps": num_steps, "max_steps": self.max_steps}
-
-    def _plain(self, step_map: Callable, x0: PyTree[Array]):
-        # The bare iteration x <- x + A x - b, with only scalars of bookkeeping: in a
-        # vmapped loop every carried array is copied each step, so keep it small.
-        def cond_fun(carry):
-            _, num_steps, error, _, diverged = carry
-            return (error >= 1) & jnp.invert(diverged) & (num_steps < self.max_steps)
-
-        def body_fun(carry):
-            x, num_steps, _, smallest, _ = carry
-            new_x, _ = step_map(x, None)
-            r = (new_x**ω - x**ω).ω
-            with jax.numpy_dtype_promotion("standard"):
-                scale = (self.atol + self.rtol * ω(new_x).call(jnp.abs)).ω
-                error = self.norm((r**ω / scale**ω).ω).astype(smallest.dtype)
-            size = self.norm(r).astype(smallest.dtype)
-            smallest = jnp.minimum(smallest, size)
-            diverged = jnp.invert(jnp.isfinite(size)) | (size > _DIVERGED * smallest)
-            return new_x, num_steps + 1, error, smallest, diverged
-
-        dtype = jnp.result_type(*jtu.tree_leaves(x0))
-        inf = jnp.array(jnp.inf, jnp.finfo(dtype).dtype)
-        init = (x0, jnp.array(0), inf, inf, jnp.array(False))
-        x, num_steps, error, _, diverged = jax.lax.while_loop(cond_fun, body_fun, init)
-        return x, error < 1, diverged, num_steps
-
-    def _accelerated(self, step_map: Callable, x0: PyTree[Array]):
-        solver = Anderson(
-            rtol=self.rtol, atol=self.atol, history=self.history, norm=self.norm
+        return (
+            out.value,
+            result,
+            {"num_steps": out.num_steps, "max_steps": self.max_steps},
         )
-        tags = frozenset()
-        solver_state = solver.init(step_map, x0, None, {}, None, None, tags)
-
-        def cond_fun(carry):
-            _, num_steps, _, done = carry
-            return jnp.invert(done) & (num_steps < self.max_steps)
-
-        def body_fun(carry):
-            x, num_steps, s, _ = carry
-            x, s, _ = solver.step(step_map, x, None, {}, s, tags)
-            done, _ = solver.terminate(step_map, x, None, {}, s, tags)
-            return x, num_steps + 1, s, done
-
-        init = (x0, jnp.array(0), solver_state, jnp.array(False))
-        x, num_steps, s, _ = jax.lax.while_loop(cond_fun, body_fun, init)
-        x, _, _ = solver.postprocess(
-            step_map, x, None, None, {}, s, tags, optx.RESULTS.successful
-        )
-        return x, s.error < 1, s.diverged, num_steps
 
     def transpose(
         self, state: lx.AbstractLinearOperator, options: dict[str, Any]

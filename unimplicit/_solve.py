@@ -1,5 +1,6 @@
 from typing import Any
 
+import diffrax
 import equinox as eqx
 import equinox.internal as eqxi
 import jax
@@ -8,11 +9,16 @@ import jax.tree_util as jtu
 import numpy as np
 from jaxtyping import PyTree
 
-from ._adjoint import AbstractAdjoint, ImplicitAdjoint
-from ._backend import AbstractBackend
-from ._condition import AbstractCondition, AbstractEquilibrium
-from ._iterate import is_optimistix_solver, OptimistixBackend
+from ._adjoint import AbstractAdjoint
+from ._backend import (
+    AbstractBackend,
+    backend_name,
+    backends_supporting,
+    check_options,
+)
+from ._condition import AbstractCondition
 from ._misc import check_max_steps
+from ._optimistix import is_optimistix_solver, OptimistixBackend
 from ._solution import RESULTS, Solution
 
 
@@ -27,10 +33,40 @@ def _as_backend(backend: Any) -> AbstractBackend:
     )
 
 
-def _backend_name(backend: AbstractBackend) -> str:
-    if isinstance(backend, OptimistixBackend):
-        return type(backend.solver).__name__
-    return type(backend).__name__
+def _check_pair(condition: AbstractCondition, backend: AbstractBackend) -> None:
+    if backend.supports(condition):
+        return
+    able = backends_supporting(condition)
+    hint = "; ".join(able) if able else "none of the library's own"
+    raise ValueError(
+        f"The backend {backend_name(backend)} cannot solve a "
+        f"{type(condition).__name__} condition. Backends that can: {hint}."
+    )
+
+
+def _check_adjoint(condition: AbstractCondition, adjoint: Any) -> AbstractAdjoint:
+    if adjoint is None:
+        return condition.default_adjoint()
+    if not isinstance(adjoint, AbstractAdjoint):
+        hint = ""
+        if isinstance(adjoint, diffrax.AbstractAdjoint):
+            hint = (
+                f" Wrap a Diffrax adjoint: `unimplicit.DiffraxAdjoint"
+                f"({type(adjoint).__name__}())`."
+            )
+        raise TypeError(
+            "`adjoint` must be an `unimplicit.AbstractAdjoint` (ImplicitAdjoint, "
+            "UnrolledAdjoint, PhantomAdjoint, DiffraxAdjoint), not "
+            f"{type(adjoint).__name__}.{hint}"
+        )
+    if not adjoint.supports(condition):
+        raise TypeError(
+            f"{type(adjoint).__name__} cannot differentiate a "
+            f"{type(condition).__name__} condition; its default is "
+            f"{type(condition.default_adjoint()).__name__}, and UnrolledAdjoint "
+            "works with every condition."
+        )
+    return adjoint
 
 
 def _inexact_to_array(x: Any) -> Any:
@@ -131,15 +167,19 @@ def solve(
         such as [`unimplicit.Anderson`][]-like solvers or `unimplicit.Diffrax`.
     - `args`: the inputs of the condition (differentiated).
     - `y0`: the initial guess (or initial state of a flow).
-    - `adjoint`: how to differentiate: [`unimplicit.ImplicitAdjoint`][] (the
-        default for equilibria), [`unimplicit.UnrolledAdjoint`][],
-        [`unimplicit.PhantomAdjoint`][]; for ODE/SDE flows, a Diffrax adjoint.
+    - `adjoint`: how to differentiate: an [`unimplicit.AbstractAdjoint`][]. `None`
+        takes the condition's default: [`unimplicit.ImplicitAdjoint`][] for
+        equilibria, [`unimplicit.DiffraxAdjoint`][] (checkpointed) for ODE/SDE
+        flows. [`unimplicit.UnrolledAdjoint`][] works with every condition,
+        [`unimplicit.PhantomAdjoint`][] with fixed points.
     - `max_steps`: a positive bound on the number of solver steps.
     - `throw`: if `True`, a failed solve raises an error naming the residual
         reached and the steps taken. If `False`, the value is returned and the
         failure is reported in `Solution.result` (per sample under `jax.vmap`).
     - `options`: run-time options for the backend; e.g. `{"trace": k}` records the
-        residual norm of the first `k` iterates of an Optimistix-protocol solver.
+        residual norm of `y0` and the first `k - 1` iterates of an
+        Optimistix-protocol solver. Each backend lists the keys it accepts
+        (`option_names()`); an unknown key is an error.
 
     **Returns:**
 
@@ -152,38 +192,16 @@ def solve(
         )
     check_max_steps(max_steps)
     backend = _as_backend(backend)
-    if not backend.supports(condition):
-        raise ValueError(
-            f"The backend {_backend_name(backend)} cannot solve a "
-            f"{type(condition).__name__} condition. Backends that can: "
-            f"{condition.backend_hint()}."
-        )
-    options = {} if options is None else dict(options)
-    if isinstance(condition, AbstractEquilibrium):
-        if adjoint is None:
-            adjoint = ImplicitAdjoint()
-        if not isinstance(adjoint, AbstractAdjoint):
-            raise TypeError(
-                f"A {type(condition).__name__} condition is differentiated by an "
-                "unimplicit adjoint (ImplicitAdjoint, UnrolledAdjoint, "
-                f"PhantomAdjoint), not {type(adjoint).__name__}."
-            )
-        args = jtu.tree_map(_inexact_to_array, args)
-        y0 = condition.init(y0, args)
-        value, result, stats, aux = adjoint.apply(
-            backend, condition, y0, args, max_steps=max_steps, options=options
-        )
-    else:
-        # Flows are differentiated by their backend (Diffrax's adjoints), so the
-        # adjoint travels to it as an option.
-        value, result, stats, aux = backend.forward(
-            condition,
-            y0,
-            args,
-            max_steps=max_steps,
-            options={**options, "adjoint": adjoint},
-            differentiable=True,
-        )
+    _check_pair(condition, backend)
+    adjoint = _check_adjoint(condition, adjoint)
+    options = check_options(backend, options)
+    args = jtu.tree_map(_inexact_to_array, args)
+    y0 = condition.init(y0, args)
+    out = adjoint.apply(
+        backend, condition, y0, args, max_steps=max_steps, options=options
+    )
+    value, result, aux = out.value, out.result, out.aux
+    stats = {**out.stats, **condition.measure(value, args, out.residual_norm)}
     if throw:
         value = _raise_if_failed(value, result, stats, max_steps)
     return Solution(value=value, result=result, stats=stats, aux=aux)

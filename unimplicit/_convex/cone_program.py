@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, Float, PyTree
 
+from .._adjoint import ImplicitAdjoint
 from .._condition import AbstractEquilibrium
 from .cones import Cones
 
@@ -182,5 +183,5 @@ class ConeProgram(AbstractConeCondition):
         data = (_symmetric(args.P), args.A, y.s, y.y, self.smoothing)
         return ConeKKTSolver(self.cones, data=data)
 
-    def backend_hint(self) -> str:
-        return "unimplicit.InteriorPoint"
+    def default_adjoint(self) -> ImplicitAdjoint:
+        return ImplicitAdjoint()

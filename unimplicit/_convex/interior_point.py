@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import Array, PyTree
 
-from .._backend import AbstractBackend
+from .._backend import AbstractBackend, BackendOutput, register_backend
 from .._condition import AbstractCondition
 from .._solution import RESULTS
 from . import kkt
@@ -511,16 +511,7 @@ def solve_cone_program(
     value = PrimalDual(it.x, it.y, it.s)
 
     result = _to_result(ms.status, finite_input)
-    res = program.residual(value, data)
-    leaves = jax.tree_util.tree_leaves(res)
-    res_norm = jnp.sqrt(sum(jnp.sum(r**2) for r in leaves))
-    val_norm = jnp.sqrt(sum(jnp.sum(v**2) for v in jax.tree_util.tree_leaves(value)))
-    stats = {
-        "num_steps": steps,
-        "max_steps": jnp.array(max_steps),
-        "residual_norm": res_norm,
-        "relative_residual": res_norm / jnp.maximum(val_norm, eps),
-    }
+    stats = {"num_steps": steps, "max_steps": jnp.array(max_steps)}
     return value, result, stats
 
 
@@ -582,6 +573,9 @@ class InteriorPoint(AbstractBackend):
     def supports(self, condition: AbstractCondition) -> bool:
         return isinstance(condition, AbstractConeCondition)
 
+    def option_names(self) -> frozenset[str]:
+        return frozenset()
+
     def forward(
         self,
         condition: AbstractCondition,
@@ -590,8 +584,8 @@ class InteriorPoint(AbstractBackend):
         *,
         max_steps: int,
         options: dict[str, Any],
-        differentiable: bool,
-    ) -> tuple[PyTree, RESULTS, dict[str, PyTree[Array]], Any]:
+        adjoint: Any,
+    ) -> BackendOutput:
         del y0, options
         assert isinstance(condition, AbstractConeCondition)
         value, result, stats = solve_cone_program(
@@ -602,6 +596,9 @@ class InteriorPoint(AbstractBackend):
             regularisation=self.regularisation,
             refinement=self.refinement,
             max_steps=min(self.max_steps, max_steps),
-            differentiable=differentiable,
+            differentiable=adjoint is not None,
         )
-        return value, result, stats, None
+        return BackendOutput(value, result, stats)
+
+
+register_backend("unimplicit.InteriorPoint (cone programs)", lambda: InteriorPoint())

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import Array, ArrayLike, PyTree
 
+from .._adjoint import ImplicitAdjoint
 from .canonicalize import canonicalize, ParametricConeProgram
 from .cone_program import AbstractConeCondition, ConeData, ConeProgram, PrimalDual
 from .cones import Cones
@@ -114,8 +115,8 @@ class ConvexProgram(AbstractConeCondition):
     def default_linear_solver(self, y: PyTree, args: PyTree) -> lx.AbstractLinearSolver:
         return self.cone_program().default_linear_solver(y, self.cone_data(args))
 
-    def backend_hint(self) -> str:
-        return "unimplicit.InteriorPoint"
+    def default_adjoint(self) -> ImplicitAdjoint:
+        return ImplicitAdjoint()
 
     def variables(self, value: PrimalDual) -> tuple[Array, ...]:
         """The requested variables' values, from a solution's primal `x`."""

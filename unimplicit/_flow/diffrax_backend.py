@@ -6,52 +6,39 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import PyTree
 
-from .._backend import AbstractBackend
-from .._condition import AbstractCondition, FixedPoint, Root
+from .._adjoint import UnrolledAdjoint
+from .._backend import AbstractBackend, BackendOutput, register_backend
+from .._condition import AbstractCondition, AbstractEquilibrium
 from .._misc import tree_allfinite
 from .._solution import RESULTS
-from .ode import AbstractFlow
+from .flow import AbstractFlow, DiffraxAdjoint
 from .results import from_diffrax
 from .steady_state import integrate_to_steady_state
 
 
-_DIFFRAX_ADJOINTS = (
-    "diffrax.RecursiveCheckpointAdjoint() (the default), "
-    "diffrax.BacksolveAdjoint(), diffrax.DirectAdjoint()"
-)
-
-
-def _flow_adjoint(options: dict[str, Any], condition: AbstractFlow):
-    adjoint = options.get("adjoint")
-    if adjoint is None:
-        return diffrax.RecursiveCheckpointAdjoint()
-    if not isinstance(adjoint, diffrax.AbstractAdjoint):
-        raise TypeError(
-            f"An {type(condition).__name__} condition is differentiated by a Diffrax "
-            f"adjoint ({_DIFFRAX_ADJOINTS}), not {type(adjoint).__name__}."
-        )
-    return adjoint
-
-
-def _check_options(options: dict[str, Any]) -> None:
-    unknown = set(options) - {"adjoint"}
-    if unknown:
-        raise ValueError(
-            f"The Diffrax backend got unknown options {sorted(unknown)}; it accepts "
-            "none (the adjoint is passed as `adjoint=` to `unimplicit.solve`)."
-        )
+def _diffrax_adjoint(adjoint: Any) -> diffrax.AbstractAdjoint:
+    # What Diffrax differentiates with: the carried adjoint of a `DiffraxAdjoint`,
+    # checkpointing with the given count for an `UnrolledAdjoint`, and the default
+    # when the integration is not differentiated at all (inside the implicit rule).
+    if isinstance(adjoint, DiffraxAdjoint):
+        return adjoint.adjoint
+    if isinstance(adjoint, UnrolledAdjoint):
+        return diffrax.RecursiveCheckpointAdjoint(checkpoints=adjoint.checkpoints)
+    return diffrax.RecursiveCheckpointAdjoint()
 
 
 class Diffrax(AbstractBackend):
     """Solve ODEs, SDEs and steady states with a Diffrax solver.
 
     For [`unimplicit.ODE`][] and [`unimplicit.SDE`][] conditions this is one
-    `diffrax.diffeqsolve` call, differentiated by the Diffrax adjoint given to
-    [`unimplicit.solve`][] (`diffrax.RecursiveCheckpointAdjoint()` by default).
+    `diffrax.diffeqsolve` call, differentiated by the adjoint given to
+    [`unimplicit.solve`][]: [`unimplicit.DiffraxAdjoint`][] (by default, carrying
+    `diffrax.RecursiveCheckpointAdjoint()`), or `UnrolledAdjoint(checkpoints)`.
 
-    It also solves [`unimplicit.FixedPoint`][] conditions, by integrating
-    `dy/dt = fn(y, args) - y`, and [`unimplicit.Root`][] conditions, by
-    integrating `dy/dt = fn(y, args)`, from `y0` until Diffrax's steady-state event
+    It also solves every equilibrium condition: [`unimplicit.FixedPoint`][]
+    conditions by integrating `dy/dt = fn(y, args) - y`, [`unimplicit.Root`][]
+    conditions by integrating `dy/dt = fn(y, args)`, and any other by integrating
+    its residual, from `y0` until Diffrax's steady-state event
     fires (`‖dy/dt‖ < atol + rtol ‖y‖`). This finds stable steady states only: for a
     `Root`, `fn` must be a stable flow near the root (its Jacobian's eigenvalues in
     the left half-plane). The answer is differentiated like any equilibrium, by
@@ -110,7 +97,10 @@ class Diffrax(AbstractBackend):
             )
 
     def supports(self, condition: AbstractCondition) -> bool:
-        return isinstance(condition, (AbstractFlow, FixedPoint, Root))
+        return isinstance(condition, (AbstractFlow, AbstractEquilibrium))
+
+    def option_names(self) -> frozenset[str]:
+        return frozenset()
 
     def forward(
         self,
@@ -120,14 +110,10 @@ class Diffrax(AbstractBackend):
         *,
         max_steps: int,
         options: dict[str, Any],
-        differentiable: bool,
-    ) -> tuple[PyTree, RESULTS, dict[str, Any], Any]:
-        _check_options(options)
-        if isinstance(condition, (FixedPoint, Root)):
-            # Differentiable or not, the integration is the same: the implicit
-            # adjoint never differentiates it, and the unrolled adjoint goes through
-            # Diffrax's checkpointed loop.
-            del differentiable
+        adjoint: Any,
+    ) -> BackendOutput:
+        del options
+        if isinstance(condition, AbstractEquilibrium):
             return integrate_to_steady_state(
                 condition,
                 y0,
@@ -139,10 +125,9 @@ class Diffrax(AbstractBackend):
                 rtol=self.steady_state_rtol,
                 atol=self.steady_state_atol,
                 max_steps=max_steps,
+                adjoint=_diffrax_adjoint(adjoint),
             )
         assert isinstance(condition, AbstractFlow)
-        adjoint = _flow_adjoint(options, condition)
-        y0 = condition.init(y0, args)
         dt0 = self.dt0
         if dt0 is not None:
             dt0 = jnp.where(
@@ -162,7 +147,7 @@ class Diffrax(AbstractBackend):
                 else condition.saveat
             ),
             stepsize_controller=self.stepsize_controller,
-            adjoint=adjoint,
+            adjoint=_diffrax_adjoint(adjoint),
             max_steps=max_steps,
             throw=False,
             progress_meter=self.progress_meter,
@@ -190,4 +175,9 @@ class Diffrax(AbstractBackend):
         ys = sol.ys
         if condition.saveat is None:
             ys = jtu.tree_map(lambda x: x[0], ys)
-        return ys, result, stats, None
+        return BackendOutput(ys, result, stats)
+
+
+register_backend(
+    "unimplicit.Diffrax (flows; equilibria as steady states)", lambda: Diffrax()
+)

@@ -10,7 +10,7 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, PyTree, Real
 
-from .ode import AbstractFlow, as_saveat, check_initial_state, Time
+from .flow import AbstractFlow, as_saveat, check_initial_state, Time
 
 
 _LevyArea = (
@@ -164,6 +164,3 @@ class SDE(AbstractFlow):
         else:
             control = diffrax.ControlTerm(self.diffusion, brownian)
         return diffrax.MultiTerm(diffrax.ODETerm(self.drift), control)
-
-    def backend_hint(self) -> str:
-        return "unimplicit.Diffrax (with a Diffrax SDE solver, e.g. diffrax.Euler())"

@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 from jaxtyping import PyTree
 
+from .._backend import BackendOutput
 from .._condition import AbstractEquilibrium
-from .._misc import tree_allfinite, tree_two_norm
+from .._misc import tree_allfinite
 from .._solution import RESULTS
 from .results import from_diffrax
 
@@ -34,13 +35,14 @@ def integrate_to_steady_state(
     rtol: float | None,
     atol: float | None,
     max_steps: int,
-) -> tuple[PyTree, RESULTS, dict[str, Any], None]:
+    adjoint: diffrax.AbstractAdjoint,
+) -> BackendOutput:
     """Integrate `dy/dt = F(y, args)` from `y0` until Diffrax's steady-state event.
 
     The integration is never differentiated through here when the implicit adjoint
     is used (the implicit function theorem differentiates the residual at the
-    answer); Diffrax's checkpointed loop makes it differentiable for the unrolled
-    adjoint.
+    answer); with the unrolled adjoint, `adjoint` (Diffrax's checkpointed loop)
+    differentiates it.
     """
     dtype = jnp.result_type(*jtu.tree_leaves(y0))
     event = diffrax.Event(diffrax.steady_state_event(rtol=rtol, atol=atol))
@@ -54,7 +56,7 @@ def integrate_to_steady_state(
         args,
         saveat=diffrax.SaveAt(t1=True),
         stepsize_controller=stepsize_controller,
-        adjoint=diffrax.RecursiveCheckpointAdjoint(),
+        adjoint=adjoint,
         event=event,
         max_steps=max_steps,
         throw=False,
@@ -71,15 +73,11 @@ def integrate_to_steady_state(
         result,
         RESULTS.nonfinite,  # pyright: ignore[reportArgumentType]
     )
-    rnorm = tree_two_norm(condition.residual(y, args)).astype(dtype)
-    ynorm = tree_two_norm(y).astype(dtype)
     stats = {
         "num_steps": sol.stats["num_steps"],
         "num_accepted_steps": sol.stats["num_accepted_steps"],
         "num_rejected_steps": sol.stats["num_rejected_steps"],
         "max_steps": jnp.asarray(max_steps),
-        "residual_norm": rnorm,
-        "relative_residual": rnorm / jnp.maximum(ynorm, jnp.finfo(dtype).tiny),
         "time": jnp.asarray(sol.ts)[0],
     }
-    return y, result, stats, None
+    return BackendOutput(y, result, stats)

@@ -2,14 +2,15 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PyTree, Scalar
 
+from .._adjoint import AbstractAdjoint
 from .._flow.diffrax_backend import Diffrax
-from .._flow.ode import ODE, Time
+from .._flow.flow import DiffraxAdjoint, Time
+from .._flow.ode import ODE
 from .._solve import solve
 
 
@@ -58,8 +59,10 @@ class CNF(eqx.Module):
         `"hutchinson"` (one, with Rademacher noise; an unbiased estimate of the
         log-likelihood, which needs a `key`).
     - `backend`: a [`unimplicit.Diffrax`][] backend; defaults to `Diffrax()`.
-    - `adjoint`: a Diffrax adjoint; defaults to
-        `diffrax.RecursiveCheckpointAdjoint()`.
+    - `adjoint`: how to differentiate; defaults to
+        [`unimplicit.DiffraxAdjoint`][]`()` (Diffrax's checkpointed adjoint).
+        `DiffraxAdjoint(diffrax.BacksolveAdjoint())` backsolves instead, and
+        `UnrolledAdjoint(checkpoints)` sets the number of checkpoints.
     - `max_steps`, `throw`: as for [`unimplicit.solve`][].
     """
 
@@ -68,7 +71,7 @@ class CNF(eqx.Module):
     t1: Time
     trace: str = eqx.field(static=True)
     backend: Diffrax
-    adjoint: diffrax.AbstractAdjoint
+    adjoint: AbstractAdjoint
     max_steps: int = eqx.field(static=True)
     throw: bool = eqx.field(static=True)
 
@@ -79,7 +82,7 @@ class CNF(eqx.Module):
         t1: Time = 1.0,
         trace: str = "exact",
         backend: Diffrax | None = None,
-        adjoint: diffrax.AbstractAdjoint | None = None,
+        adjoint: AbstractAdjoint | None = None,
         max_steps: int = 4096,
         throw: bool = True,
     ):
@@ -90,9 +93,7 @@ class CNF(eqx.Module):
         self.t1 = t1
         self.trace = trace
         self.backend = Diffrax() if backend is None else backend
-        self.adjoint = (
-            diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
-        )
+        self.adjoint = DiffraxAdjoint() if adjoint is None else adjoint
         self.max_steps = max_steps
         self.throw = throw
 

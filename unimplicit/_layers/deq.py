@@ -7,7 +7,7 @@ import jax.tree_util as jtu
 from jaxtyping import PyTree
 
 from .._adjoint import AbstractAdjoint, ImplicitAdjoint
-from .._condition import FixedPoint
+from .._equilibria import FixedPoint
 from .._misc import check_max_steps, structure_of
 from .._solution import Solution
 from .._solve import solve

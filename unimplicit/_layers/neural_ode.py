@@ -5,8 +5,10 @@ import diffrax
 import equinox as eqx
 from jaxtyping import Array, PyTree, Real
 
+from .._adjoint import AbstractAdjoint
 from .._flow.diffrax_backend import Diffrax
-from .._flow.ode import as_saveat, ODE, Time
+from .._flow.flow import as_saveat, DiffraxAdjoint, Time
+from .._flow.ode import ODE
 from .._solution import Solution
 from .._solve import solve
 
@@ -24,8 +26,10 @@ class NeuralODE(eqx.Module):
     - `t0`, `t1`: the start and end times (`t1 < t0` integrates backwards).
     - `backend`: a [`unimplicit.Diffrax`][] backend; defaults to `Diffrax()`
         (Tsit5 with `PIDController(rtol=1e-3, atol=1e-6)`).
-    - `adjoint`: a Diffrax adjoint; defaults to
-        `diffrax.RecursiveCheckpointAdjoint()`.
+    - `adjoint`: how to differentiate; defaults to
+        [`unimplicit.DiffraxAdjoint`][]`()` (Diffrax's checkpointed adjoint).
+        `DiffraxAdjoint(diffrax.BacksolveAdjoint())` backsolves instead, and
+        `UnrolledAdjoint(checkpoints)` sets the number of checkpoints.
     - `saveat`: `None` (return `y(t1)`, shaped like `y0`), an array of times
         (return `y` at each, stacked on a leading axis), or a `diffrax.SaveAt`.
     - `max_steps`: the bound on integrator steps.
@@ -36,7 +40,7 @@ class NeuralODE(eqx.Module):
     t0: Time
     t1: Time
     backend: Diffrax
-    adjoint: diffrax.AbstractAdjoint
+    adjoint: AbstractAdjoint
     saveat: diffrax.SaveAt | None
     max_steps: int = eqx.field(static=True)
     throw: bool = eqx.field(static=True)
@@ -47,7 +51,7 @@ class NeuralODE(eqx.Module):
         t0: Time,
         t1: Time,
         backend: Diffrax | None = None,
-        adjoint: diffrax.AbstractAdjoint | None = None,
+        adjoint: AbstractAdjoint | None = None,
         saveat: diffrax.SaveAt | Real[Array, " times"] | None = None,
         max_steps: int = 4096,
         throw: bool = True,
@@ -56,9 +60,7 @@ class NeuralODE(eqx.Module):
         self.t0 = t0
         self.t1 = t1
         self.backend = Diffrax() if backend is None else backend
-        self.adjoint = (
-            diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
-        )
+        self.adjoint = DiffraxAdjoint() if adjoint is None else adjoint
         self.saveat = as_saveat(saveat)
         self.max_steps = max_steps
         self.throw = throw

@@ -5,8 +5,9 @@ import diffrax
 import equinox as eqx
 from jaxtyping import Array, PyTree, Real
 
+from .._adjoint import AbstractAdjoint
 from .._flow.diffrax_backend import Diffrax
-from .._flow.ode import as_saveat, Time
+from .._flow.flow import as_saveat, DiffraxAdjoint, Time
 from .._flow.sde import SDE
 from .._solution import Solution
 from .._solve import solve
@@ -26,8 +27,10 @@ class NeuralSDE(eqx.Module):
     - `t0`, `t1`: the start and end times, `t0 < t1`.
     - `backend`: a [`unimplicit.Diffrax`][] backend with an SDE solver. Defaults
         to Euler-Maruyama with 100 constant steps over `[t0, t1]`.
-    - `adjoint`: a Diffrax adjoint; defaults to
-        `diffrax.RecursiveCheckpointAdjoint()`.
+    - `adjoint`: how to differentiate; defaults to
+        [`unimplicit.DiffraxAdjoint`][]`()` (Diffrax's checkpointed adjoint).
+        `DiffraxAdjoint(diffrax.BacksolveAdjoint())` backsolves instead, and
+        `UnrolledAdjoint(checkpoints)` sets the number of checkpoints.
     - `saveat`: `None` (return `y(t1)`), an array of times, or a `diffrax.SaveAt`.
     - `noise_shape`, `brownian_tol`: as for [`unimplicit.SDE`][].
     - `max_steps`: the bound on integrator steps.
@@ -39,7 +42,7 @@ class NeuralSDE(eqx.Module):
     t0: Time
     t1: Time
     backend: Diffrax
-    adjoint: diffrax.AbstractAdjoint
+    adjoint: AbstractAdjoint
     saveat: diffrax.SaveAt | None
     noise_shape: tuple[int, ...] | None = eqx.field(static=True)
     brownian_tol: float | None
@@ -53,7 +56,7 @@ class NeuralSDE(eqx.Module):
         t0: float,
         t1: float,
         backend: Diffrax | None = None,
-        adjoint: diffrax.AbstractAdjoint | None = None,
+        adjoint: AbstractAdjoint | None = None,
         saveat: diffrax.SaveAt | Real[Array, " times"] | None = None,
         noise_shape: tuple[int, ...] | None = None,
         brownian_tol: float | None = None,
@@ -71,9 +74,7 @@ class NeuralSDE(eqx.Module):
         self.t0 = t0
         self.t1 = t1
         self.backend = backend
-        self.adjoint = (
-            diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
-        )
+        self.adjoint = DiffraxAdjoint() if adjoint is None else adjoint
         self.saveat = as_saveat(saveat)
         self.noise_shape = noise_shape
         self.brownian_tol = brownian_tol
