@@ -89,13 +89,25 @@ def _implicit(forward, residual, inputs, linear_solver, tags):
 @_implicit.def_jvp
 def _implicit_jvp(primals, tangents):
     forward, residual, inputs, linear_solver, tags = primals
-    t_inputs = tangents[2]
+    # Under an eager `jax.jvp` of a Python float, the primal of the input arrives
+    # as that float (and the tangent may be one too): make every input that has
+    # a tangent an array again, so that it is seen as differentiable below.
+    inputs = jtu.tree_map(
+        lambda p, t: p if t is None else jnp.asarray(p),
+        inputs,
+        tangents[2],
+        is_leaf=lambda x: x is None,
+    )
     y, extra = forward(inputs)
     diff_inputs, static_inputs = eqx.partition(inputs, eqx.is_inexact_array)
     t_inputs = jtu.tree_map(
-        lambda p, t: None if p is None else (jnp.zeros_like(p) if t is None else t),
+        lambda p, t: (
+            None
+            if p is None
+            else (jnp.zeros_like(p) if t is None else jnp.asarray(t, p.dtype))
+        ),
         diff_inputs,
-        t_inputs,
+        tangents[2],
         is_leaf=lambda x: x is None,
     )
     t_inputs = eqx.filter(t_inputs, eqx.is_inexact_array)
