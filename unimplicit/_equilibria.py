@@ -14,13 +14,13 @@ from ._adjoint import ImplicitAdjoint
 from ._condition import AbstractEquilibrium, AbstractFixedPoint
 from ._linear_solver import NeumannSolver
 from ._misc import check_same_structure, structure_of
-from ._precision import by_precision
+from ._precision import by_precision, KRYLOV_TOLERANCE, NEUMANN_TOLERANCES
 
 
 def _krylov_linear_solver(y: PyTree) -> lx.AbstractLinearSolver:
     # Matrix-free: the Jacobian is never materialised, and the transposed solve
     # only needs vector-Jacobian products.
-    tol = by_precision(y, 1e-4, 1e-10)
+    tol = by_precision(y, KRYLOV_TOLERANCE)
     return lx.GMRES(rtol=tol, atol=tol, restart=40, stagnation_iters=40)
 
 
@@ -31,10 +31,9 @@ def _fixed_point_linear_solver(y: PyTree) -> lx.AbstractLinearSolver:
     # pass, solves it. On the DEQ benchmarks it gives GMRES's gradient error in
     # 0.2-0.7x the time (GMRES builds its whole restart basis before it first
     # checks convergence), and unlike GMRES it did not stagnate in float32
-    # training. A small `atol` matters in float32: at 1e-6 the gradient error
-    # tripled (benchmarks/RESULTS.md, DEQ section). Singular or expanding systems
-    # are reported as failures, not returned.
-    rtol, atol = by_precision(y, (1e-4, 1e-8), (1e-10, 1e-12))
+    # training. Singular or expanding systems are reported as failures, not
+    # returned.
+    rtol, atol = by_precision(y, NEUMANN_TOLERANCES)
     return NeumannSolver(rtol=rtol, atol=atol, history=5)
 
 

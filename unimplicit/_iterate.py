@@ -12,11 +12,13 @@ import equinox as eqx
 import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
+import jax.tree_util as jtu
 import optimistix as optx
 from jaxtyping import Array, PyTree
 
 from ._misc import tree_allfinite
 from ._solution import RESULTS
+from ._solver._common import AbstractSelfFreezingSolver
 
 
 class Iterated(eqx.Module):
@@ -87,9 +89,8 @@ def iterate(
     - `check_finite`: report `RESULTS.nonfinite` for non-finite inputs or iterates.
 
     Under `jax.vmap` each sample stops on its own: once finished, its iterate,
-    solver state and statistics are frozen (the loop's predicate is per sample, so
-    batching selects the whole carry), and a sample's outcome equals its unbatched
-    outcome.
+    solver state and statistics are frozen, and a sample's outcome equals its
+    unbatched outcome (up to the rounding of batched arithmetic).
     """
     options = {} if options is None else options
     if f_struct is None and fn is not None:
@@ -103,23 +104,50 @@ def iterate(
     else:
         trace = None
 
+    # Under `vmap` a per-sample loop predicate makes JAX select between the old
+    # and new carry, solver state included, for every sample at every step: that
+    # freezes finished samples exactly. A self-freezing solver (one whose step
+    # changes nothing once it has stopped) spares that copy of its state: the loop
+    # then runs while any sample runs and freezes only the iterate and its own
+    # bookkeeping.
+    self_freezing = isinstance(solver, AbstractSelfFreezingSolver)
+
     def running(carry):
         _, step, _, done, result, _ = carry
         return jnp.invert(done) & (result == RESULTS.successful) & (step < max_steps)
 
+    def cond_fun(carry):
+        return eqxi.unvmap_any(running(carry)) if self_freezing else running(carry)
+
     def body_fun(carry):
-        y, step, dynamic, _, _, trace = carry
+        y, step, dynamic, done, result, trace = carry
         state = eqx.combine(static_state, dynamic)
-        y, state, _ = solver.step(fn, y, args, options, state, tags)
-        done, result = solver.terminate(fn, y, args, options, state, tags)
-        result = _as_ours(result)
+        new_y, state, _ = solver.step(fn, y, args, options, state, tags)
+        new_done, new_result = solver.terminate(fn, new_y, args, options, state, tags)
+        new_result = _as_ours(new_result)
         if check_finite:
-            result = RESULTS.where(tree_allfinite(y), result, RESULTS.nonfinite)  # pyright: ignore[reportArgumentType]
+            new_result = RESULTS.where(
+                tree_allfinite(new_y),
+                new_result,
+                RESULTS.nonfinite,  # pyright: ignore[reportArgumentType]
+            )
+        new_trace = trace
         if trace is not None:
             assert trace_fn is not None
-            trace = trace.at[step + 1].set(trace_fn(y), mode="drop")
+            new_trace = trace.at[step + 1].set(trace_fn(new_y), mode="drop")
         dynamic, _ = eqx.partition(state, eqx.is_array)
-        return y, step + 1, dynamic, done, result, trace
+        if not self_freezing:
+            return new_y, step + 1, dynamic, new_done, new_result, new_trace
+        active = running(carry)
+        keep = lambda new, old: jnp.where(active, new, old)
+        return (
+            jtu.tree_map(keep, new_y, y),
+            step + active,
+            dynamic,
+            keep(new_done, done),
+            RESULTS.where(active, new_result, result),
+            None if trace is None else keep(new_trace, trace),
+        )
 
     result = RESULTS.successful
     if check_finite:

@@ -13,6 +13,13 @@ import numpy as np
 from jaxtyping import PyTree
 
 
+# The default backward solves of `FixedPoint` (Anderson-accelerated Neumann
+# iteration, as (rtol, atol)) and `Root` (GMRES, rtol = atol). A small `atol` matters
+# in float32: at 1e-6 the DEQ gradient error tripled (benchmarks/RESULTS.md).
+NEUMANN_TOLERANCES = {"single": (1e-4, 1e-8), "double": (1e-10, 1e-12)}
+KRYLOV_TOLERANCE = {"single": 1e-4, "double": 1e-10}
+
+
 def is_double(tree: PyTree) -> bool:
     """Whether any floating-point leaf of `tree` is float64 (trace-time)."""
     return any(jnp.asarray(x).dtype == jnp.float64 for x in jtu.tree_leaves(tree))
@@ -23,9 +30,9 @@ def dtype_of(tree: PyTree) -> Any:
     return jnp.result_type(*jtu.tree_leaves(tree))
 
 
-def by_precision(tree: PyTree, single: Any, double: Any) -> Any:
-    """`double` if `tree` holds float64 leaves, else `single`."""
-    return double if is_double(tree) else single
+def by_precision(tree: PyTree, table: dict[str, Any]) -> Any:
+    """`table["double"]` if `tree` holds float64 leaves, else `table["single"]`."""
+    return table["double"] if is_double(tree) else table["single"]
 
 
 def eps(dtype: Any) -> float:

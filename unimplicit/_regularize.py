@@ -18,6 +18,9 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, PRNGKeyArray, PyTree, Scalar
 
+from ._iterate import iterate
+from ._solution import RESULTS
+
 
 def _flat_map(fn: Callable, z: PyTree, args: PyTree):
     flat, unravel = jfu.ravel_pytree(z)
@@ -102,16 +105,54 @@ def spectral_radius(
     _, jvp = jax.linearize(flat_fn, flat)
     key = jax.random.PRNGKey(0) if key is None else key
     v = jax.random.normal(key, flat.shape, flat.dtype)
-    v = v / jnp.linalg.norm(v)
-    tiny = jnp.finfo(flat.dtype).tiny
+    # The library's one loop, for a fixed number of steps: it stops at `num_iters`
+    # (reported as max steps reached, which is the intended end here).
+    out = iterate(
+        _PowerIteration(num_iters),
+        _apply,
+        v / jnp.linalg.norm(v),
+        jvp,
+        max_steps=num_iters,
+        check_finite=False,
+    )
+    return jax.lax.stop_gradient(jnp.exp(out.stats["mean_log_growth"]))
 
-    def body(v, _):
-        w = jvp(v)
-        size = jnp.linalg.norm(w)
-        return w / jnp.maximum(size, tiny), jnp.log(jnp.maximum(size, tiny))
 
-    _, logs = jax.lax.scan(body, v, None, length=num_iters)
-    return jax.lax.stop_gradient(jnp.exp(jnp.mean(logs[num_iters // 2 :])))
+def _apply(v, jvp):
+    return jvp(v), None
+
+
+class _PowerState(eqx.Module):
+    step: Array
+    sum_logs: Array
+
+
+class _PowerIteration(eqx.Module):
+    # Optimistix's solver protocol, so that `iterate` runs it: normalised
+    # Jacobian-vector products, summing the log growth factors of the second half.
+    num_iters: int = eqx.field(static=True)
+
+    def init(self, fn, y, args, options, f_struct, aux_struct, tags):
+        del fn, args, options, f_struct, aux_struct, tags
+        return _PowerState(jnp.array(0), jnp.zeros((), y.dtype))
+
+    def step(self, fn, y, args, options, state, tags):
+        del options, tags
+        w, _ = fn(y, args)
+        tiny = jnp.finfo(w.dtype).tiny
+        size = jnp.maximum(jnp.linalg.norm(w), tiny)
+        counted = state.step >= self.num_iters // 2
+        sum_logs = state.sum_logs + jnp.where(counted, jnp.log(size), 0)
+        return w / size, _PowerState(state.step + 1, sum_logs), None
+
+    def terminate(self, fn, y, args, options, state, tags):
+        del fn, y, args, options, tags
+        return jnp.array(False), RESULTS.successful
+
+    def postprocess(self, fn, y, aux, args, options, state, tags, result):
+        del fn, args, options, tags, result
+        counted = self.num_iters - self.num_iters // 2
+        return y, aux, {"mean_log_growth": state.sum_logs / counted}
 
 
 def _power_sigma(w: Array, num_iters: int, key: PRNGKeyArray) -> Array:

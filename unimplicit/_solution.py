@@ -8,14 +8,20 @@ _Y = TypeVar("_Y")
 _Aux = TypeVar("_Aux")
 
 
-# Extending Optimistix's enumeration keeps its members (and so Lineax's) valid here:
-# a result produced by an Optimistix solver can be compared against ours directly.
+# Extending Optimistix's enumeration keeps its members (and so Lineax's) and their
+# codes valid here. Equinox compares members of one enumeration only: a result from
+# an Optimistix API (`optimistix.fixed_point(..., unimplicit.Anderson(...))`) is
+# compared with ours after `unimplicit.RESULTS.promote(result)`.
 class RESULTS(optx.RESULTS):  # pyright: ignore[reportGeneralTypeIssues]
     """Outcome codes of `unimplicit.solve`, extending `optimistix.RESULTS`.
 
     Compare a result against a member (`sol.result == unimplicit.RESULTS.successful`)
     or turn it into its message with `unimplicit.RESULTS[sol.result]`. Under
-    `jax.vmap` a result holds one code per sample.
+    `jax.vmap` a result holds one code per sample. Every backend reports in these
+    codes: running out of steps is `nonlinear_max_steps_reached` for all of them.
+    A result of an Optimistix API (`optimistix.fixed_point` with an unimplicit
+    solver, say) is an `optimistix.RESULTS`: `RESULTS.promote(result)` makes it
+    comparable with these members.
     """
 
     not_a_root = (

@@ -183,7 +183,7 @@ def main():
         0.0,
         2.0,
         backend=FIXED,
-        adjoint=diffrax.BacksolveAdjoint(),
+        adjoint=ui.DiffraxAdjoint(diffrax.BacksolveAdjoint()),
         max_steps=MAX_STEPS,
     )
     grad = end_loss_grad(backsolve, y0s)

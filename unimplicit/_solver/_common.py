@@ -1,7 +1,21 @@
+import equinox as eqx
 import jax.flatten_util as jfu
 import jax.numpy as jnp
 import optimistix as optx
 from jaxtyping import Array, Bool, Float, PyTree
+
+
+class AbstractSelfFreezingSolver(eqx.Module):
+    """A solver whose `step` changes nothing once its own `terminate` holds.
+
+    `unimplicit`'s loop freezes a finished sample under `jax.vmap` so that its
+    outcome equals its unbatched one. For other solvers it does so by selecting
+    the whole solver state each step, which for a solver with a history (Anderson,
+    Broyden) means copying every sample's history. A subclass promises instead that
+    a `step` from a state whose `terminate` is true returns the same iterate and
+    state (at O(n) cost: it selects the slot it would write and its small fields),
+    and the loop only freezes the iterate and its own bookkeeping.
+    """
 
 
 def track_best(

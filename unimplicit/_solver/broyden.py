@@ -11,7 +11,13 @@ import jax.tree_util as jtu
 import optimistix as optx
 from jaxtyping import Array, Bool, PyTree, Scalar
 
-from ._common import best_iterate, check_tolerances, stop_and_result, track_best
+from ._common import (
+    AbstractSelfFreezingSolver,
+    best_iterate,
+    check_tolerances,
+    stop_and_result,
+    track_best,
+)
 
 
 class _BroydenState(eqx.Module):
@@ -26,7 +32,7 @@ class _BroydenState(eqx.Module):
     diverged: Array
 
 
-class Broyden(optx.AbstractRootFinder):
+class Broyden(AbstractSelfFreezingSolver, optx.AbstractRootFinder):
     """Limited-memory "good" Broyden method for root finding, $g(y) = 0$.
 
     Keeps an approximation of the inverse Jacobian of $g$ as $-I + U^T V$, where
@@ -111,8 +117,13 @@ class Broyden(optx.AbstractRootFinder):
         with jax.numpy_dtype_promotion("standard"):
             scaled = g / (self.atol + self.rtol * jnp.abs(flat_y))
             error = jnp.asarray(self.norm(unravel(scaled)), state.error.dtype)
-        # Samples still iterating under `vmap` share a step count (finished ones are
-        # frozen by the loop), so an unbatched slot makes this an in-place update.
+        # Once its own test holds the solver keeps its iterate and what its result
+        # depends on (best iterate, errors), so that a finished sample is frozen
+        # under `vmap` at O(n) cost (see `AbstractSelfFreezingSolver`); its
+        # memory and count are scratch from then on. Samples share an unbatched
+        # step count, so an unbatched slot makes this an in-place update.
+        live_sample = jnp.invert(stop_and_result(state.error, state.diverged)[0])
+        keep = lambda new, old: jnp.where(live_sample, new, old)
         slot = eqxi.unvmap_max(state.count) % self.memory
         # When the buffer is full, restart from H = -I rather than overwrite the
         # oldest update: dropping one update breaks the secant conditions the later
@@ -162,15 +173,15 @@ class Broyden(optx.AbstractRootFinder):
         new_state = _BroydenState(
             u_hist=u_hist,
             v_hist=v_hist,
-            prev_y=flat_y,
-            prev_g=g,
+            prev_y=keep(flat_y, state.prev_y),
+            prev_g=keep(g, state.prev_g),
             count=state.count + 1,
-            best_y=best_y,
-            best_error=best_error,
-            error=error,
-            diverged=diverged,
+            best_y=keep(best_y, state.best_y),
+            best_error=keep(best_error, state.best_error),
+            error=keep(error, state.error),
+            diverged=keep(diverged, state.diverged),
         )
-        return unravel(new_y), new_state, aux
+        return unravel(keep(new_y, flat_y)), new_state, aux
 
     def terminate(
         self,
