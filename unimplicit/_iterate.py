@@ -149,7 +149,7 @@ def iterate(
             None if trace is None else keep(new_trace, trace),
         )
 
-    result = RESULTS.successful
+    result: RESULTS = RESULTS.successful  # pyright: ignore[reportAssignmentType]
     if check_finite:
         finite = tree_allfinite(eqx.filter((y0, args), eqx.is_inexact_array))
         result = RESULTS.where(finite, result, RESULTS.nonfinite)  # pyright: ignore[reportArgumentType]

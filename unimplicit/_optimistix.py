@@ -131,27 +131,23 @@ class OptimistixBackend(AbstractBackend):
         return BackendOutput(y, result, stats, None, rnorm)
 
 
-def _tol(**kw):
-    return dict(rtol=1e-6, atol=1e-6, **kw)
-
-
 register_backend(
     "unimplicit.Anderson (fixed-point solver)",
-    lambda: OptimistixBackend(Anderson(**_tol())),
+    lambda: OptimistixBackend(Anderson(1e-6, 1e-6)),
 )
 register_backend(
-    "unimplicit.Broyden (root finder)", lambda: OptimistixBackend(Broyden(**_tol()))
+    "unimplicit.Broyden (root finder)", lambda: OptimistixBackend(Broyden(1e-6, 1e-6))
 )
 register_backend(
     "an Optimistix root finder (optimistix.Newton, optimistix.Chord)",
-    lambda: OptimistixBackend(optx.Newton(**_tol())),
+    lambda: OptimistixBackend(optx.Newton(1e-6, 1e-6)),
 )
 register_backend(
     "an Optimistix least-squares solver (optimistix.LevenbergMarquardt) or "
     "minimiser (optimistix.BFGS)",
-    lambda: OptimistixBackend(optx.LevenbergMarquardt(**_tol())),
+    lambda: OptimistixBackend(optx.LevenbergMarquardt(1e-6, 1e-6)),
 )
 register_backend(
     "an Optimistix fixed-point solver (optimistix.FixedPointIteration)",
-    lambda: OptimistixBackend(optx.FixedPointIteration(**_tol())),
+    lambda: OptimistixBackend(optx.FixedPointIteration(1e-6, 1e-6)),
 )
