@@ -97,15 +97,19 @@ class Problem:
     args: Any
     solution: Any
     sensitivity: float = 1.0
-    t0: float = 0.0
-    t1: float = 1.0
+    t0: Any = 0.0
+    t1: Any = 1.0
 
     def astype(self, dtype: Any) -> "Problem":
+        # A flow's times too: under x64, Diffrax promotes the state to the dtype of
+        # the times, and float64 times would make a float32 flow float64.
         return dataclasses.replace(
             self,
             y0=_cast(self.y0, dtype),
             args=_cast(self.args, dtype),
             solution=_cast(self.solution, dtype),
+            t0=_cast(self.t0, dtype),
+            t1=_cast(self.t1, dtype),
         )
 
     def residual(self, y: Any, args: Any) -> Any:

@@ -1,6 +1,7 @@
 """Anderson and Broyden on the catalogue's fixed-point and root problems."""
 
 import functools
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -98,7 +99,9 @@ def _max_norm(x):
 def _tanh_solutions():
     # The solves of the tests below on the tanh cell, compiled as one module.
     fn = TANH.fn
-    runs = {name: (ui.FixedPoint(fn), solver(1e-8)) for name, solver in SOLVERS.items()}
+    runs: dict[str, tuple[ui.AbstractCondition, Any]] = {
+        name: (ui.FixedPoint(fn), solver(1e-8)) for name, solver in SOLVERS.items()
+    }
     runs["root"] = ui.Root(lambda y, a: fn(y, a) - y), ui.Broyden(1e-10, 1e-10)
     runs["max_norm"] = ui.FixedPoint(fn), ui.Anderson(1e-9, 1e-12)
     runs["scaled_norm"] = ui.FixedPoint(fn), ui.Anderson(1e-9, 1e-12, norm=_max_norm)
