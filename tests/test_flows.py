@@ -14,7 +14,7 @@ import pytest
 
 import unimplicit as ui
 
-from .helpers import assert_tree_allclose
+from .helpers import assert_tree_allclose, FLOWS
 
 
 GRAD_RTOL = 1e-6  # layer vs the same model written with raw Diffrax
@@ -309,3 +309,25 @@ def test_misuse_is_refused_clearly():
         ui.CNF(CNF_FIELD, trace="hutchinson").log_prob(Y0)
     with pytest.raises(ValueError, match='must be "exact" or "hutchinson"'):
         ui.CNF(CNF_FIELD, trace="diagonal")
+
+
+def test_catalogue_flows_match_closed_form():
+    # Each flow of the catalogue in float32 and float64, as one compiled module; the
+    # float32 controller's tolerance stays well above float32's precision.
+    tol = {jnp.dtype(jnp.float32): 1e-5, jnp.dtype(jnp.float64): 1e-8}
+    problems = [p.astype(dtype) for p in FLOWS for dtype in (jnp.float32, jnp.float64)]
+
+    @jax.jit
+    def run(y0s, argss):
+        values = []
+        for p, y0, args in zip(problems, y0s, argss):
+            controller = diffrax.PIDController(rtol=tol[y0.dtype], atol=tol[y0.dtype])
+            backend = ui.Diffrax(diffrax.Tsit5(), stepsize_controller=controller)
+            sol = ui.solve(ui.ODE(p.fn, p.t0, p.t1), backend, args, y0=y0)
+            values.append(sol.value)
+        return values
+
+    values = run([p.y0 for p in problems], [p.args for p in problems])
+    for p, value in zip(problems, values, strict=True):
+        assert value.dtype == p.y0.dtype, p.name
+        assert_tree_allclose(value, p.solution, rtol=100 * tol[value.dtype])

@@ -1,4 +1,7 @@
-"""Anderson and Broyden on Optimistix-style fixed-point test problems."""
+"""Anderson and Broyden on the catalogue's fixed-point and root problems."""
+
+import functools
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -10,101 +13,118 @@ import pytest
 import unimplicit as ui
 from unimplicit._solver.anderson import mixing_weights
 
-from .helpers import contractive_matrix
+from .helpers import FIXED_POINTS, max_abs_error, PROBLEMS, ROOTS
 
 
+# Solver tolerances; float32 stays well away from its precision (eps ~ 1e-7).
 TOL = {jnp.float32: 1e-4, jnp.float64: 1e-8}
-_W = contractive_matrix(jax.random.PRNGKey(0), 4, norm=0.9)
+DTYPES = pytest.mark.parametrize(
+    "dtype", [jnp.float32, jnp.float64], ids=lambda d: jnp.dtype(d).name
+)
+MAX_STEPS = 300
+TANH = PROBLEMS["tanh"].astype(jnp.float64)
+
+SOLVERS = {
+    "anderson": lambda tol: ui.Anderson(rtol=tol, atol=tol),
+    "anderson_damped": lambda tol: ui.Anderson(tol, tol, history=2, mixing=0.5),
+    "broyden": lambda tol: ui.Broyden(rtol=tol, atol=tol, memory=3),
+}
 
 
-def _cos(y, args):
-    return jnp.cos(y) * args
+def _max_abs(tree):
+    return float(max(jnp.max(jnp.abs(x)) for x in jax.tree.leaves(tree)))
 
 
-def _tanh(y, args):
-    return jnp.tanh(_W.astype(y.dtype) @ y + args)
-
-
-def _exp(y, args):
-    # The fixed point solves y e^y = args.
-    return args * jnp.exp(-y)
-
-
-def _pytree(y, args):
-    a, (b, c) = y
-    return (
-        0.5 * jnp.sin(b[:2]) + args,
-        (0.3 * jnp.tanh(a).sum() + 0.1 * b, 0.5 * jnp.cos(c)),
+def _check_solution(problem, sol, tol):
+    # Both solvers stop once |F_i| < atol + rtol |y_i| (Anderson: |f(y)_i|), so the
+    # residual is at most tol (1 + max|y|), up to rounding: a factor 2 of margin.
+    # To first order the error is at most the problem's sensitivity times that.
+    assert sol.result == optx.RESULTS.successful
+    assert jax.tree.map(lambda x: x.dtype, sol.value) == jax.tree.map(
+        lambda x: x.dtype, problem.y0
     )
+    bound = 2 * tol * (1 + _max_abs(problem.solution))
+    assert _max_abs(problem.residual(sol.value, problem.args)) < bound
+    assert max_abs_error(sol.value, problem.solution) < problem.sensitivity * bound
 
 
-def _case(name, dtype):
-    arr = lambda *x: jnp.array(x, dtype)
-    if name == "cos":
-        return _cos, arr(0.0, 0.5, 1.0), arr(1.0, 0.8, 0.5)
-    if name == "tanh":
-        return _tanh, jnp.zeros(4, dtype), arr(0.3, -0.2, 1.0, 0.1)
-    if name == "exp":
-        return _exp, arr(0.0, 0.0), arr(0.5, 1.0)
-    y0 = (arr(0.0, 0.0), (arr(1.0, 1.0, 1.0), jnp.zeros((), dtype)))
-    return _pytree, y0, arr(0.2, -0.1)
+@functools.cache
+def _solve_catalogue(dtype):
+    # Every (solver, problem) pair of a dtype, each its own solve (nothing couples
+    # them), in one compiled function: XLA compiles one module of many loops in a
+    # fraction of the time of as many modules. Cached across the parametrised tests.
+    runs = [(name, "fixed_point", p) for name in SOLVERS for p in FIXED_POINTS]
+    runs += [("broyden", "root", p) for p in ROOTS]
+    problems = [p.astype(dtype) for _, _, p in runs]
 
+    @jax.jit
+    def solve_all(y0s, argss):
+        sols = []
+        for (name, kind, _), p, y0, args in zip(runs, problems, y0s, argss):
+            method = optx.fixed_point if kind == "fixed_point" else optx.root_find
+            solver = SOLVERS[name](TOL[dtype])
+            sols.append(
+                method(p.fn, solver, y0, args, max_steps=MAX_STEPS, throw=False)
+            )
+        return sols
 
-def _solvers(dtype):
-    tol = TOL[dtype]
+    sols = solve_all([p.y0 for p in problems], [p.args for p in problems])
     return {
-        "anderson": ui.Anderson(rtol=tol, atol=tol),
-        "anderson_damped": ui.Anderson(rtol=tol, atol=tol, history=2, mixing=0.5),
-        "broyden": ui.Broyden(rtol=tol, atol=tol, memory=3),
+        (name, p.name): (p, sol)
+        for (name, _, _), p, sol in zip(runs, problems, sols, strict=True)
     }
 
 
-def _max_residual(fn, y, args):
-    res = jax.tree.map(lambda a, b: jnp.max(jnp.abs(a - b)), fn(y, args), y)
-    return max(jax.tree.leaves(res))
+@DTYPES
+@pytest.mark.parametrize("problem", FIXED_POINTS, ids=lambda p: p.name)
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_solvers_find_fixed_points(solver, problem, dtype):
+    problem, sol = _solve_catalogue(dtype)[solver, problem.name]
+    _check_solution(problem, sol, TOL[dtype])
 
 
-def _all_problems(dtype):
-    # Every test map at once, as one dict-valued state: one compilation per solver
-    # covers all of them, and exercises PyTree states of mixed shapes.
-    cases = {name: _case(name, dtype) for name in ("cos", "tanh", "exp", "pytree")}
-
-    def fn(y, args):
-        return {name: cases[name][0](y[name], args[name]) for name in cases}
-
-    y0 = {name: case[1] for name, case in cases.items()}
-    args = {name: case[2] for name, case in cases.items()}
-    return fn, y0, args
+@DTYPES
+@pytest.mark.parametrize("problem", ROOTS, ids=lambda p: p.name)
+def test_broyden_finds_roots(problem, dtype):
+    problem, sol = _solve_catalogue(dtype)["broyden", problem.name]
+    _check_solution(problem, sol, TOL[dtype])
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
-def test_solvers_find_fixed_points(dtype):
-    fn, y0, args = _all_problems(dtype)
-    for name, solver in _solvers(dtype).items():
-        sol = optx.fixed_point(fn, solver, y0, args, max_steps=200)
-        dtypes = jax.tree.map(lambda x: x.dtype, sol.value)
-        assert dtypes == jax.tree.map(lambda x: x.dtype, y0), name
-        out = fn(sol.value, args)
-        for problem in y0:
-            res = _max_residual(lambda y, _: out[problem], sol.value[problem], None)
-            assert res < 20 * TOL[dtype], (name, problem)
+def _max_norm(x):
+    # `optx.max_norm` under another name: Anderson's general convergence test.
+    return optx.max_norm(x)
+
+
+@functools.cache
+def _tanh_solutions():
+    # The solves of the tests below on the tanh cell, compiled as one module.
+    fn = TANH.fn
+    runs: dict[str, tuple[ui.AbstractCondition, Any]] = {
+        name: (ui.FixedPoint(fn), solver(1e-8)) for name, solver in SOLVERS.items()
+    }
+    runs["root"] = ui.Root(lambda y, a: fn(y, a) - y), ui.Broyden(1e-10, 1e-10)
+    runs["max_norm"] = ui.FixedPoint(fn), ui.Anderson(1e-9, 1e-12)
+    runs["scaled_norm"] = ui.FixedPoint(fn), ui.Anderson(1e-9, 1e-12, norm=_max_norm)
+    runs["no_ridge"] = ui.FixedPoint(fn), ui.Anderson(1e-10, 1e-10, ridge=0.0)
+    runs["residual"] = ui.FixedPoint(fn), ui.Anderson(1e-6, 1e-8)
+
+    @jax.jit
+    def solve_all(args, y0):
+        sols = {name: ui.solve(c, s, args, y0=y0) for name, (c, s) in runs.items()}
+        deq = ui.DEQ(fn, backend=ui.Anderson(1e-10, 1e-10), state=y0)
+        return sols, deq(args)
+
+    return solve_all(TANH.args, TANH.y0)
 
 
 def test_solvers_through_unimplicit_solve_and_deq():
-    fn, y0, args = _case("tanh", jnp.float64)
-    assert isinstance(y0, jax.Array)
-    ref = optx.fixed_point(fn, optx.FixedPointIteration(1e-13, 1e-13), y0, args)
-    for solver in _solvers(jnp.float64).values():
-        sol = ui.solve(ui.FixedPoint(fn), solver, args, y0=y0)
-        assert sol.result == ui.RESULTS.successful
-        assert jnp.allclose(sol.value, ref.value, atol=1e-7)
-        assert float(sol.stats["relative_residual"]) < 1e-7
-    root = ui.solve(
-        ui.Root(lambda y, a: fn(y, a) - y), ui.Broyden(1e-10, 1e-10), args, y0=y0
-    )
-    assert jnp.allclose(root.value, ref.value, atol=1e-8)
-    deq = ui.DEQ(fn, backend=ui.Anderson(1e-10, 1e-10))
-    assert jnp.allclose(deq(args), ref.value, atol=1e-8)
+    sols, deq = _tanh_solutions()
+    for name in SOLVERS:
+        assert sols[name].result == ui.RESULTS.successful
+        assert jnp.allclose(sols[name].value, TANH.solution, atol=1e-7)
+        assert float(sols[name].stats["relative_residual"]) < 1e-7
+    assert jnp.allclose(sols["root"].value, TANH.solution, atol=1e-8)
+    assert jnp.allclose(deq, TANH.solution, atol=1e-8)
 
 
 def test_per_sample_results_under_vmap():
@@ -136,15 +156,10 @@ def test_anderson_max_norm_test_matches_scaled_error():
     # The default (max-norm) convergence test avoids the divide; any other norm
     # takes the general path. Wrapping `max_norm` forces that path: both must stop
     # at the same step with the same value.
-    fn, y0, args = _case("tanh", jnp.float64)
-    results = []
-    for norm in (optx.max_norm, lambda x: optx.max_norm(x)):
-        solver = ui.Anderson(1e-9, 1e-12, norm=norm)
-        sol = ui.solve(ui.FixedPoint(fn), solver, args, y0=y0)
-        results.append((sol.value, sol.stats["num_steps"]))
-    (fast, fast_steps), (slow, slow_steps) = results
-    assert fast_steps == slow_steps
-    assert jnp.array_equal(fast, slow)
+    sols, _ = _tanh_solutions()
+    fast, slow = sols["max_norm"], sols["scaled_norm"]
+    assert fast.stats["num_steps"] == slow.stats["num_steps"]
+    assert jnp.array_equal(fast.value, slow.value)
 
 
 def test_anderson_reports_nonfinite_map():
@@ -199,26 +214,25 @@ def test_mixing_weights_fall_back_to_plain_step():
 
 
 def test_anderson_without_ridge_still_converges():
-    fn, y0, args = _case("tanh", jnp.float64)
-    sol = optx.fixed_point(fn, ui.Anderson(1e-10, 1e-10, ridge=0.0), y0, args)
-    assert _max_residual(fn, sol.value, args) < 1e-8
+    sols, _ = _tanh_solutions()
+    assert _max_abs(TANH.residual(sols["no_ridge"].value, TANH.args)) < 1e-8
 
 
 def test_memory_is_bounded():
-    fn, y0, args = _case("tanh", jnp.float64)
-    struct = jax.eval_shape(lambda: y0)
+    n = TANH.y0.size
+    struct = jax.eval_shape(lambda: TANH.y0)
 
     def wrapped(y, a):
-        return fn(y, a), None
+        return TANH.fn(y, a), None
 
     for solver, name in (
         (ui.Anderson(1e-6, 1e-6, history=3), "f_hist"),
         (ui.Broyden(1e-6, 1e-6, memory=3), "u_hist"),
     ):
-        state = solver.init(wrapped, y0, args, {}, struct, None, frozenset())
-        assert getattr(state, name).shape == (3, 4)
+        state = solver.init(wrapped, TANH.y0, TANH.args, {}, struct, None, frozenset())
+        assert getattr(state, name).shape == (3, n)
         sizes = sum(x.size for x in jax.tree.leaves(eqx.filter(state, eqx.is_array)))
-        assert sizes < 10 * 4 + 40  # O(memory * n), independent of max_steps.
+        assert sizes < 10 * n + 40  # O(memory * n), independent of max_steps.
 
 
 @pytest.mark.parametrize(
@@ -264,7 +278,6 @@ def test_mixing_weights_scale_invariant():
 def test_anderson_reports_residual_without_extra_evaluation():
     # `solve` takes the residual norm from Anderson's own evaluations instead of
     # evaluating the map once more; it must be that of the returned value.
-    fn, y0, args = _case("tanh", jnp.float64)
-    sol = ui.solve(ui.FixedPoint(fn), ui.Anderson(1e-6, 1e-8), args, y0=y0)
-    expected = jnp.linalg.norm(fn(sol.value, args) - sol.value)
+    sol = _tanh_solutions()[0]["residual"]
+    expected = jnp.linalg.norm(TANH.fn(sol.value, TANH.args) - sol.value)
     assert jnp.allclose(sol.stats["residual_norm"], expected, rtol=1e-10)

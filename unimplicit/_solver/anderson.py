@@ -92,7 +92,7 @@ def mixing_weights(
     # Invalid slots get an identity row and a zero right-hand side, so their weight is
     # exactly zero and the system stays fixed-size.
     scaled = gram * inv[:, None] * inv[None, :]
-    system = jnp.where(both, scaled, 0) + eye * jnp.where(valid, ridge, 1)
+    system = jnp.where(both, scaled, 0) + eye * jnp.where(valid, ridge, 1)[None, :]
     rhs = jnp.where(valid, inv, 0)
     v, ok = _cholesky_solve(system, rhs, 10 * float(jnp.finfo(dtype).eps))
     w = v * inv

@@ -138,7 +138,7 @@ class Broyden(AbstractSelfFreezingSolver, optx.AbstractRootFinder):
         # grouped so that each buffer is read twice per step.
         dy = flat_y - state.prev_y
         dg = g - state.prev_g
-        v_dg, v_g = (v_hist @ jnp.stack([dg, g], axis=-1)).T * live
+        v_dg, v_g = (v_hist @ jnp.stack([dg, g], axis=-1)).T * live[None, :]
         u_v_dg, u_v_g = jnp.stack([v_dg, v_g]) @ u_hist
         h_dg = -dg + u_v_dg
         new_v = -dy + ((u_hist @ dy) * live) @ v_hist
