@@ -142,7 +142,7 @@ def iterate(
         keep = lambda new, old: jnp.where(active, new, old)
         return (
             jtu.tree_map(keep, new_y, y),
-            step + active,
+            jnp.where(active, step + 1, step),
             dynamic,
             keep(new_done, done),
             RESULTS.where(active, new_result, result),
