@@ -156,7 +156,7 @@ def iterate(
     carry = (y0, jnp.array(0), dynamic_state, jnp.array(False), result, trace)
     if differentiable:
         final = eqxi.while_loop(
-            running,
+            cond_fun,
             body_fun,
             carry,
             max_steps=max_steps,
@@ -164,7 +164,7 @@ def iterate(
             checkpoints=checkpoints,
         )
     else:
-        final = jax.lax.while_loop(running, body_fun, carry)
+        final = jax.lax.while_loop(cond_fun, body_fun, carry)
     y, num_steps, dynamic, done, result, trace = final
     result = RESULTS.where(
         (result == RESULTS.successful) & jnp.invert(done),
