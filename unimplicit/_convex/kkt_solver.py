@@ -39,15 +39,15 @@ import numpy as np
 from jaxtyping import Array, PyTree
 
 from . import kkt
-from .cone_program import complementarity, PrimalDual
-from .cones import Cones, NonnegativeCone
+from .cones import Cones
+from .data import PrimalDual
 
 
 def _block_layout(cones: Cones):
     """Per row: the first row of its cone block, its offset in it, the block size."""
     start, offset, size = [], [], []
     row = 0
-    for k in (1,) * (cones.zero + cones.nonneg) + cones.soc:
+    for k in cones.block_sizes():
         start += [row] * k
         offset += list(range(k))
         size += [k] * k
@@ -127,9 +127,8 @@ def _diagonal_init(P, A, c_y, c_s, zero):
         1, jnp.max(jnp.sum(G * G, axis=1), initial=0)
     )
     d = jnp.maximum(c_y[zero:] / c_s[zero:], jnp.sqrt(eps) * scale)
-    blocks = (NonnegativeCone(m - zero),) if m > zero else ()
-    scalings = (jnp.sqrt(d),) if m > zero else ()
-    return kkt.factorise(P, A[:zero], G, blocks, scalings, float(eps) ** (2 / 3))
+    scaling = kkt.DiagonalScaling(jnp.sqrt(d))
+    return kkt.factorise(P, A[:zero], G, scaling, float(eps) ** (2 / 3))
 
 
 def _diagonal_apply(state: _DiagonalState, u1, u2):
@@ -213,10 +212,10 @@ class ConeKKTSolver(lx.AbstractLinearSolver):
             P, A, s, y, mu = self.data
             cones = self.cones
             comp_y = lambda v: jax.jvp(  # noqa: E731
-                lambda u: complementarity(cones, s, u, mu), (y,), (v,)
+                lambda u: cones.complementarity(s, u, mu), (y,), (v,)
             )[1]
             comp_s = lambda v: jax.jvp(  # noqa: E731
-                lambda u: complementarity(cones, u, y, mu), (s,), (v,)
+                lambda u: cones.complementarity(u, y, mu), (s,), (v,)
             )[1]
         if width == 1:
             # Only one-row blocks: C_y and C_s are diagonal, read off one probe each.
