@@ -123,7 +123,11 @@ def _socp(seed, n=3):
     # min q'x  s.t.  |F x + g| <= c'x + d (one cone of size 3), a box.
     rng = np.random.default_rng(seed)
     q, x0 = rng.standard_normal(n), rng.standard_normal(n)
-    F, g, c = rng.standard_normal((2, n)), rng.standard_normal(2), rng.standard_normal(n)
+    F, g, c = (
+        rng.standard_normal((2, n)),
+        rng.standard_normal(2),
+        rng.standard_normal(n),
+    )
     d = np.linalg.norm(F @ x0 + g) - c @ x0 + 0.5
     box, box_h = np.vstack([np.eye(n), -np.eye(n)]), np.concatenate([x0 + 1, 1 - x0])
     soc, soc_h = np.vstack([-c, -F]), np.concatenate([[d], g])

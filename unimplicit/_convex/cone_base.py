@@ -133,9 +133,7 @@ def register_cone(name: str, cls: type[AbstractCone], cvxpy: str | None = None):
         raise ValueError(f"register_cone: {name!r} cannot name a cone kind.")
     known = _KINDS.get(name)
     if known is not None and known.cls is not cls:
-        raise ValueError(
-            f"register_cone: {name!r} already names {known.cls.__name__}."
-        )
+        raise ValueError(f"register_cone: {name!r} already names {known.cls.__name__}.")
     _KINDS[name] = ConeKind(name, cls, cvxpy)
 
 

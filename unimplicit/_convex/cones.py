@@ -12,8 +12,10 @@ import jax.numpy as jnp
 from jaxtyping import Array, PyTree
 
 from .cone_base import AbstractCone, AbstractScaling, cone_kinds
-from .cone_kinds import NonnegativeCone as NonnegativeCone
-from .cone_kinds import SecondOrderCones as SecondOrderCones
+from .cone_kinds import (
+    NonnegativeCone as NonnegativeCone,
+    SecondOrderCones as SecondOrderCones,
+)
 
 
 def _pieces(blocks: tuple[AbstractCone, ...], v: Array) -> list[Array]:
@@ -116,7 +118,9 @@ class Cones(eqx.Module):
     def blocks(self) -> tuple[AbstractCone, ...]:
         """The cones of the non-equality rows (after the `zero` rows), in order."""
         classes = {kind.name: kind.cls for kind in cone_kinds()}
-        return tuple(b for name, spec in self.kinds for b in classes[name].from_spec(spec))
+        return tuple(
+            b for name, spec in self.kinds for b in classes[name].from_spec(spec)
+        )
 
     @property
     def dim(self) -> int:
@@ -134,7 +138,9 @@ class Cones(eqx.Module):
     def block_sizes(self) -> tuple[int, ...]:
         """Per row group, its size: the blocks of the complementarity's derivative
         (an equality row is its own group)."""
-        return (1,) * self.zero + tuple(k for c in self.blocks() for k in c.block_sizes())
+        return (1,) * self.zero + tuple(
+            k for c in self.blocks() for k in c.block_sizes()
+        )
 
     def complementarity(self, s: Array, y: Array, mu: float | Array = 0.0) -> Array:
         """The complementarity residual: `s` on equality rows, `s∘y - mu e` elsewhere."""

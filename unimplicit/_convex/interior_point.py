@@ -57,14 +57,17 @@ class InteriorPoint(AbstractBackend):
     """A primal-dual interior-point method for cone programs, in pure JAX.
 
     Solves [`unimplicit.ConeProgram`][] conditions (zero, nonnegative and
-    second-order cones) through their homogeneous self-dual embedding, with
+    second-order cones, and any registered kind of cone) through their homogeneous
+    self-dual embedding, with
     Mehrotra predictor-corrector steps and Nesterov-Todd scaling. Linear algebra is
     dense: one Cholesky factorisation of an `n x n` matrix per step (and one of
     `p x p` with `p` equality rows). Infeasible and unbounded programs
     stop with `RESULTS.primal_infeasible` / `RESULTS.dual_infeasible`; the value is
     then a (scaled) certificate: `y` for primal, `x` for dual infeasibility. When
     rounding errors stop progress short of `tol` (float32 with a tight `tol`), the
-    result is `RESULTS.stalled` and the value the last iterate before the stall.
+    result is `RESULTS.stalled` and the value the last iterate before the stall;
+    running out of steps is `RESULTS.nonlinear_max_steps_reached`, as for every
+    backend. Unknown `options` are refused (it takes none).
 
     Under `jax.vmap` all samples step in lock-step until each has stopped, and each
     reports its own result. A warm start `y0` is ignored (interior-point methods
@@ -73,7 +76,9 @@ class InteriorPoint(AbstractBackend):
     **Arguments:**
 
     - `tol`: relative tolerance on the primal and dual residuals and on the duality
-        gap. `None`: `1e-8` in float64, `1e-4` in float32.
+        gap. `None`: `1e-8` in float64, `1e-4` in float32. A Python float or an
+        array (a new value, traced under `jax.jit`, does not recompile; likewise
+        for `infeasibility_tol` and `regularisation`).
     - `infeasibility_tol`: tolerance of the infeasibility certificates. `None`: as
         `tol`.
     - `max_steps`: the most interior-point steps (`unimplicit.solve`'s `max_steps`
@@ -98,10 +103,13 @@ class InteriorPoint(AbstractBackend):
     def __check_init__(self):
         for name in ("tol", "infeasibility_tol", "regularisation"):
             value = getattr(self, name)
-            # (A traced value is checked by nobody: it is only known at run time.)
-            if value is None or isinstance(value, jax.core.Tracer):
+            if value is None:
                 continue
-            if not np.all(np.asarray(value) > 0):
+            try:
+                positive = bool(np.all(np.asarray(value) > 0))
+            except jax.errors.TracerArrayConversionError:
+                continue  # (traced: only known at run time)
+            if not positive:
                 raise ValueError(f"InteriorPoint: `{name}` must be > 0, got {value}.")
         if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int):
             raise TypeError("InteriorPoint: `max_steps` must be an int.")

@@ -19,8 +19,8 @@ ill-conditioned; in float32 the plain solve then loses most of its digits.
 `solve_refined` adds iterative refinement against the unregularised system, which
 recovers them as long as the factorisation is not wholly wrong. In float32 at
 n=128 it is (refinement then diverges), so there `factorise(..., split=True)`
-moves the strongly active nonnegative rows out of `P + B^T B` into the Schur
-complement, next to the equality rows, where they cost no accuracy.
+moves the strongly active rows of diagonally scaled cones (nonnegative rows; see
+`AbstractCone.diagonal`) out of `P + B^T B` into the Schur complement, next to the equality rows, where they cost no accuracy.
 """
 
 import equinox as eqx

@@ -13,7 +13,8 @@ complementarity residual). Eliminating `ds = r2 - A dx` leaves the `(n + m)` sys
         [ -C_s A    C_y ]
 
 factorised once; the transposed system, which reverse mode solves, uses the same
-factors. With only zero and nonnegative rows (QPs, LPs) `C_y`, `C_s` are diagonal
+factors. With only one-row cones (zero and nonnegative rows: QPs, LPs) `C_y`, `C_s`
+are diagonal
 and the factorisation is the interior-point method's own normal-equations
 Cholesky (`kkt.py`), used as a preconditioner and refined against `K` (at
 `n = m = 128`, about 2x cheaper than LU of `K` on CPU); otherwise it is an LU of
@@ -120,7 +121,6 @@ def _diagonal_init(P, A, c_y, c_s, zero):
     factorisation also keeps strongly active rows out of the normal equations, as
     the forward's does (`kkt.factorise`'s `split`, on by default below float64).
     """
-    m = A.shape[0]
     G = A[zero:]
     eps = jnp.finfo(A.dtype).eps
     scale = jnp.maximum(1, jnp.max(jnp.abs(P), initial=0)) / jnp.maximum(
