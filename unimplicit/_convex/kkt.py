@@ -20,7 +20,8 @@ ill-conditioned; in float32 the plain solve then loses most of its digits.
 recovers them as long as the factorisation is not wholly wrong. In float32 at
 n=128 it is (refinement then diverges), so there `factorise(..., split=True)`
 moves the strongly active rows of diagonally scaled cones (nonnegative rows; see
-`AbstractCone.diagonal`) out of `P + B^T B` into the Schur complement, next to the equality rows, where they cost no accuracy.
+`AbstractCone.diagonal`) out of `P + B^T B` into the Schur complement, next to
+the equality rows, where they cost no accuracy.
 """
 
 import equinox as eqx

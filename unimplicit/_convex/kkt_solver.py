@@ -13,9 +13,8 @@ complementarity residual). Eliminating `ds = r2 - A dx` leaves the `(n + m)` sys
         [ -C_s A    C_y ]
 
 factorised once; the transposed system, which reverse mode solves, uses the same
-factors. With only one-row cones (zero and nonnegative rows: QPs, LPs) `C_y`, `C_s`
-are diagonal
-and the factorisation is the interior-point method's own normal-equations
+factors. With only one-row cones (zero and nonnegative rows: QPs, LPs) `C_y`,
+`C_s` are diagonal and the factorisation is the interior-point method's own normal-equations
 Cholesky (`kkt.py`), used as a preconditioner and refined against `K` (at
 `n = m = 128`, about 2x cheaper than LU of `K` on CPU); otherwise it is an LU of
 `K`, about `((n + 2m) / (n + m))^3` times cheaper than LU on the whole Jacobian.
