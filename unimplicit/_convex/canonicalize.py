@@ -189,8 +189,8 @@ def canonicalize(
 
     **Arguments:**
 
-    - `problem`: a `cvxpy.Problem`, DCP and DPP, with only zero, nonnegative and
-        second-order cone constraints after canonicalisation.
+    - `problem`: a `cvxpy.Problem`, DCP and DPP, whose cones after canonicalisation
+        are of registered kinds (zero, nonnegative, second-order built in).
     - `parameters`: every `cvxpy.Parameter` of `problem`, in the order values will be
         passed.
     - `variables`: the `cvxpy.Variable`s whose optimal values are wanted.

@@ -59,7 +59,8 @@ class ConvexProgram(AbstractConeCondition):
     **Arguments:**
 
     - `problem`: a `cvxpy.Problem` that is convex (DCP) and DPP, whose cones are
-        zero, nonnegative and second-order after canonicalisation.
+        zero, nonnegative, second-order or another registered kind after
+        canonicalisation.
     - `parameters`: all the problem's `cvxpy.Parameter`s, in the order their values
         are passed.
     - `variables`: the `cvxpy.Variable`s to read out of a solution.
