@@ -85,7 +85,9 @@ class Cones(eqx.Module):
 
     def __init__(self, zero: int = 0, nonneg: int = 0, soc: Any = (), **kinds: Any):
         _check_count("zero", zero)
-        given = {"nonneg": nonneg, "soc": tuple(soc), **kinds}
+        # (Lists become tuples: the object must stay hashable.)
+        given = {"nonneg": nonneg, "soc": soc, **kinds}
+        given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
         registered = {kind.name: kind for kind in cone_kinds()}
         unknown = sorted(set(given) - set(registered))
         if unknown:
