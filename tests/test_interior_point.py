@@ -349,3 +349,18 @@ def test_tolerance_is_dynamic():
         assert sol.result == ui.RESULTS.successful
         ref = _solve(ui.Cones(zero=1, nonneg=13), data, tol=tol)
         np.testing.assert_allclose(sol.value.x, ref.value.x, rtol=1e-12, atol=1e-12)
+    # Gradients go through the implicit function theorem as usual.
+    grad = jax.grad(lambda d, t: jnp.sum(_solve_at(t, d).value.x ** 2))
+    g_array, g_float = grad(data, jnp.asarray(1e-8)), grad(data, 1e-8)
+    for a, b in zip(
+        jax.tree_util.tree_leaves(g_array), jax.tree_util.tree_leaves(g_float)
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_max_steps_status():
+    # Running out of steps is reported as by every other backend.
+    _, data, _ = _qp(1)
+    sol = _solve(ui.Cones(zero=1, nonneg=13), _cast(data, jnp.float64), max_steps=2)
+    assert sol.result == ui.RESULTS.nonlinear_max_steps_reached
+    assert sol.stats["num_steps"] == 2
