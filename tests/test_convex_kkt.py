@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from unimplicit._convex import kkt
-from unimplicit._convex.cones import NonnegativeCone
+from unimplicit._convex.cones import Cones
 
 
 # Relative error of the direction against a float64 solve.
@@ -40,7 +40,9 @@ def _late_system(seed):
 def _error(args, m, exact, split, refinement):
     P, E, G, w, rx, rp = args
     reg = float(jnp.finfo(jnp.float32).eps) ** (2 / 3)
-    f = kkt.factorise(P, E, G, (NonnegativeCone(m),), (w,), reg, split=split)
+    # The scaling of `m` nonnegative rows whose `W` is `diag(w)`.
+    scaling = Cones(nonneg=m).scaling(w**2, jnp.ones_like(w))
+    f = kkt.factorise(P, E, G, scaling, reg, split=split)
     dx, dy = kkt.solve_refined(f, rx, rp, refinement)
     u = np.concatenate([np.asarray(dx, np.float64), np.asarray(dy, np.float64)])
     return np.abs(u - exact).max() / np.abs(exact).max()

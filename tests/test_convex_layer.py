@@ -269,7 +269,7 @@ def test_not_dcp_refused():
 def test_unsupported_cone_refused():
     x, a = cp.Variable(2), cp.Parameter(2)
     problem = cp.Problem(cp.Minimize(cp.sum(cp.exp(x)) - a @ x))
-    with pytest.raises(ValueError, match="second-order cones are supported"):
+    with pytest.raises(ValueError, match="registered cone kinds are supported"):
         ConvexLayer(problem, [a], [x])
 
 

@@ -23,6 +23,9 @@ import numpy as np
 import scipy.sparse as sp
 from jaxtyping import Array, ArrayLike, Float
 
+from .cone_base import cone_kinds
+from .cones import Cones
+
 
 class _Static:
     """Hashes by identity, so NumPy index arrays can live in a static field."""
@@ -79,9 +82,7 @@ class ParametricConeProgram(eqx.Module):
     """
 
     num_vars: int = eqx.field(static=True)
-    zero: int = eqx.field(static=True)
-    nonneg: int = eqx.field(static=True)
-    soc: tuple[int, ...] = eqx.field(static=True)
+    cones: Cones
     params: tuple[Slot, ...]
     variables: tuple[Slot, ...]
     duals: tuple[Slot, ...]
@@ -92,7 +93,7 @@ class ParametricConeProgram(eqx.Module):
 
     @property
     def num_constraints(self) -> int:
-        return self.zero + self.nonneg + sum(self.soc)
+        return self.cones.dim
 
     def theta(self, values: Sequence[ArrayLike]) -> Float[Array, " p"]:
         """Stack parameter values (in the user's order) into cvxpy's vector."""
@@ -121,6 +122,35 @@ class ParametricConeProgram(eqx.Module):
 
     def split_dual(self, y: Float[Array, " m"]) -> tuple[Array, ...]:
         return tuple(slot.read(y) for slot in self.duals)
+
+
+def _plain(value: Any) -> Any:
+    # cvxpy's counts are NumPy ints and its sizes lists: make them hashable ints.
+    if isinstance(value, (list, tuple)):
+        return tuple(int(k) for k in value)
+    return int(value)
+
+
+def _cones(prog: Any) -> Cones:
+    """The `Cones` of cvxpy's cone program, kind by kind through the registry: a
+    registered kind is named as its count in cvxpy's `ConeDims`."""
+    dims = prog.cone_dims
+    registered = [kind.name for kind in cone_kinds()]
+    specs, unsupported = {}, []
+    for name, value in vars(dims).items():
+        if name == "zero":
+            continue
+        if name in registered:
+            specs[name] = _plain(value)
+        elif value:
+            unsupported.append(name)
+    if unsupported or getattr(prog, "dir_cones", None):
+        raise ValueError(
+            "Only equality rows and the registered cone kinds are supported "
+            f"({', '.join(registered)}; built in: nonnegative and second-order "
+            f"cones); this problem canonicalises to {dims!r}."
+        )
+    return Cones(zero=int(dims.zero), **specs)
 
 
 def _refuse_unless_dpp(problem: Any, cp: Any) -> None:
@@ -159,8 +189,8 @@ def canonicalize(
 
     **Arguments:**
 
-    - `problem`: a `cvxpy.Problem`, DCP and DPP, with only zero, nonnegative and
-        second-order cone constraints after canonicalisation.
+    - `problem`: a `cvxpy.Problem`, DCP and DPP, whose cones after canonicalisation
+        are of registered kinds (zero, nonnegative, second-order built in).
     - `parameters`: every `cvxpy.Parameter` of `problem`, in the order values will be
         passed.
     - `variables`: the `cvxpy.Variable`s whose optimal values are wanted.
@@ -204,13 +234,7 @@ def canonicalize(
     chain: Any
     data, chain, _ = problem.get_problem_data(solver=solver, enforce_dpp=True)
     prog = data[cp.settings.PARAM_PROB]
-    dims = prog.cone_dims
-    extra = [getattr(dims, k, None) for k in ("exp", "psd", "p3d", "pnd")]
-    if any(extra) or getattr(prog, "dir_cones", None):
-        raise ValueError(
-            "Only zero, nonnegative and second-order cones are supported; this "
-            f"problem canonicalises to {dims!r}."
-        )
+    cones = _cones(prog)
     if data.get("lower_bounds") is not None or data.get("upper_bounds") is not None:
         raise ValueError("Variable bounds passed to the solver are not supported.")
 
@@ -246,9 +270,11 @@ def canonicalize(
             Slot(name=v.name(), start=prog.var_id_to_col[ids[0]], shape=tuple(v.shape))
         )
 
+    # The rows are cvxpy's constraints, kind by kind in the order of the cones.
     offsets, start = {}, 0
-    for kind in (cp.constraints.Zero, cp.constraints.NonNeg, cp.constraints.SOC):
-        for c in prog.constr_map.get(kind, []):
+    names = ["Zero"] + [kind.cvxpy for kind in cone_kinds() if kind.cvxpy]
+    for name in names:
+        for c in prog.constr_map.get(getattr(cp.constraints, name), []):
             offsets[c.id] = start
             start += c.size
     dual_slots = []
@@ -256,15 +282,15 @@ def canonicalize(
         cid = constr_map.get(c.id, c.id)
         if cid not in offsets:
             raise ValueError(f"No dual is available for constraint {c}.")
-        shape = tuple(c.shape) if not isinstance(c, cp.constraints.SOC) else (c.size,)
+        # A cone constraint's dual (e.g. a SOC's) is its flat cone vector.
+        flat = int(np.prod(c.shape, dtype=int)) != c.size
+        shape = (c.size,) if flat else tuple(c.shape)
         dual_slots.append(Slot(name=str(c), start=offsets[cid], shape=shape))
 
     n = int(prog.x.size)
     return ParametricConeProgram(
         num_vars=n,
-        zero=int(dims.zero),
-        nonneg=int(dims.nonneg),
-        soc=tuple(int(k) for k in dims.soc),
+        cones=cones,
         params=param_slots,
         variables=tuple(var_slots),
         duals=tuple(dual_slots),

@@ -5,67 +5,17 @@ import abc
 import equinox as eqx
 import jax.numpy as jnp
 import lineax as lx
-from jaxtyping import Array, Float, PyTree
+from jaxtyping import Array, PyTree
 
 from .._adjoint import ImplicitAdjoint
 from .._condition import AbstractEquilibrium
 from .cones import Cones
-
-
-class ConeData(eqx.Module):
-    """The data of the cone program `min 1/2 x^T P x + q^T x  s.t.  A x + s = b, s ∈ K`.
-
-    This is cvxpy's and SCS's convention. The dual `y` lies in the dual cone `K*`
-    and satisfies `P x + q + A^T y = 0`. All arrays are dense. The condition acts on
-    one sample: for a batch, build a `ConeData` of batched arrays and `jax.vmap` over
-    it. The cone `K` is given separately, by
-    [`unimplicit.Cones`][] in [`unimplicit.ConeProgram`][].
-
-    **Arguments:**
-
-    - `P`: `(n, n)` positive semidefinite (zeros for a linear program). Only its
-        symmetric part `(P + P^T) / 2` is used.
-    - `q`: `(n,)` linear cost.
-    - `A`: `(m, n)` constraint matrix, rows ordered as the cones.
-    - `b`: `(m,)` right-hand side.
-    """
-
-    # (Shapes are checked by `ConeProgram`, with messages naming both shapes.)
-    P: Float[Array, "..."] = eqx.field(converter=jnp.asarray)
-    q: Float[Array, "..."] = eqx.field(converter=jnp.asarray)
-    A: Float[Array, "..."] = eqx.field(converter=jnp.asarray)
-    b: Float[Array, "..."] = eqx.field(converter=jnp.asarray)
-
-
-class PrimalDual(eqx.Module):
-    """A primal-dual point of a cone program: the state of [`unimplicit.ConeProgram`][].
-
-    **Attributes:**
-
-    - `x`: `(n,)` primal variable.
-    - `y`: `(m,)` dual variable (one multiplier per row of `A`).
-    - `s`: `(m,)` primal slack `b - A x`.
-    """
-
-    x: Float[Array, " n"]
-    y: Float[Array, " m"]
-    s: Float[Array, " m"]
+from .data import ConeData as ConeData, PrimalDual as PrimalDual
+from .kkt_solver import ConeKKTSolver
 
 
 def _symmetric(P: Array) -> Array:
     return (P + P.T) / 2
-
-
-def complementarity(cones: Cones, s: Array, y: Array, mu: float | Array = 0.0):
-    """The complementarity residual: `s` on equality rows, `s∘y - mu e` elsewhere."""
-    parts = [s[: cones.zero]]
-    start = cones.zero
-    for cone in cones.blocks():
-        stop = start + cone.dim
-        prod = cone.product(s[start:stop], y[start:stop])
-        parts.append(prod - mu * cone.unit(prod.dtype))
-        start = stop
-    return jnp.concatenate(parts)
 
 
 def _check_data(cones: Cones, data: ConeData) -> None:
@@ -146,7 +96,7 @@ class ConeProgram(AbstractConeCondition):
         data = args
         dual = _symmetric(data.P) @ y.x + data.q + data.A.T @ y.y
         primal = data.A @ y.x + y.s - data.b
-        comp = complementarity(self.cones, y.s, y.y, self.smoothing)
+        comp = self.cones.complementarity(y.s, y.y, self.smoothing)
         return PrimalDual(dual, primal, comp)
 
     def init(self, y0: PrimalDual | None, args: ConeData) -> PrimalDual:
@@ -178,8 +128,6 @@ class ConeProgram(AbstractConeCondition):
     ) -> lx.AbstractLinearSolver:
         # Block elimination on the Jacobian (see `kkt_solver.py`), given its data:
         # reading it off the operator would cost `n` matrix-vector products.
-        from .kkt_solver import ConeKKTSolver  # (it imports this module)
-
         data = (_symmetric(args.P), args.A, y.s, y.y, self.smoothing)
         return ConeKKTSolver(self.cones, data=data)
 

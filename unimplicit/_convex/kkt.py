@@ -19,11 +19,10 @@ ill-conditioned; in float32 the plain solve then loses most of its digits.
 `solve_refined` adds iterative refinement against the unregularised system, which
 recovers them as long as the factorisation is not wholly wrong. In float32 at
 n=128 it is (refinement then diverges), so there `factorise(..., split=True)`
-moves the strongly active nonnegative rows out of `P + B^T B` into the Schur
-complement, next to the equality rows, where they cost no accuracy.
+moves the strongly active rows of diagonally scaled cones (nonnegative rows; see
+`AbstractCone.diagonal`) out of `P + B^T B` into the Schur complement, next to
+the equality rows, where they cost no accuracy.
 """
-
-from collections.abc import Sequence
 
 import equinox as eqx
 import jax
@@ -31,52 +30,26 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jaxtyping import Array
 
-from .cones import AbstractCone, NonnegativeCone
+from .cone_base import AbstractScaling
 
 
-def blockwise(blocks: Sequence[AbstractCone], fn, *vectors: Array) -> Array:
-    """Apply `fn(cone, *parts)` to each cone's rows of `vectors` and concatenate."""
-    out, start = [], 0
-    for cone in blocks:
-        stop = start + cone.dim
-        out.append(fn(cone, *(v[start:stop] for v in vectors)))
-        start = stop
-    if not out:
-        return vectors[0][:0]
-    return jnp.concatenate(out)
+class DiagonalScaling(AbstractScaling):
+    """A diagonal `W = diag(w)` on every conic row (the backward's, see
+    `kkt_solver.py`)."""
 
+    w: Array
 
-def blockwise_min(blocks: Sequence[AbstractCone], fn, *vectors: Array) -> Array:
-    """The minimum over cones of the scalar `fn(cone, *parts)` (`inf` if none)."""
-    out, start = [], 0
-    for cone in blocks:
-        stop = start + cone.dim
-        out.append(fn(cone, *(v[start:stop] for v in vectors)))
-        start = stop
-    if not out:
-        return jnp.asarray(jnp.inf, vectors[0].dtype)
-    return jnp.min(jnp.stack(out))
+    def _column(self, v: Array) -> Array:
+        return self.w.reshape(self.w.shape + (1,) * (v.ndim - 1))
 
+    def scale(self, v: Array) -> Array:
+        return self._column(v) * v
 
-def scale(blocks, scalings, v):
-    """`W v` on the conic rows."""
-    return _apply(blocks, scalings, v, "scale")
+    def unscale(self, v: Array) -> Array:
+        return v / self._column(v)
 
-
-def unscale(blocks, scalings, v):
-    """`W^{-1} v` on the conic rows (`v` of shape `(m_c,)` or `(m_c, k)`)."""
-    return _apply(blocks, scalings, v, "unscale")
-
-
-def _apply(blocks, scalings, v, method):
-    out, start = [], 0
-    for cone, w in zip(blocks, scalings):
-        stop = start + cone.dim
-        out.append(getattr(cone, method)(w, v[start:stop]))
-        start = stop
-    if not out:
-        return v
-    return jnp.concatenate(out)
+    def diagonal(self) -> Array | None:
+        return self.w if self.w.shape[0] else None
 
 
 # Rounding in forming `B^T B` is about `n eps` times its largest entry, so
@@ -100,8 +73,7 @@ class Factorisation(eqx.Module):
     L: Array  # Cholesky factor of H = P + B^T B + reg I
     C: Array  # E L^{-T}
     D: Array  # Cholesky factor of the Schur complement reg I + C C^T
-    scalings: tuple
-    blocks: tuple = eqx.field(static=True)
+    scaling: AbstractScaling
     # With `split`: which of the candidate rows are kept out of `H`, and the
     # candidates (indices into the conic rows; None: the first `len(kept)`). `E`
     # then holds the equality rows only, while `C` and `D` also cover the
@@ -120,7 +92,7 @@ def _put(v: Array, rows: Array | None, u: Array) -> Array:
 
 
 def _split_rows(P, G, B, w, k):
-    """Choose the nonnegative rows to keep out of the normal equations.
+    """Choose the diagonally scaled rows to keep out of the normal equations.
 
     A row whose term in `B^T B` dwarfs `P` (an active constraint late in a solve,
     where `y / s` grows like `1 / mu`) makes `H` as ill-conditioned as the spread
@@ -148,27 +120,27 @@ def factorise(
     P: Array,
     E: Array,
     G: Array,
-    blocks,
-    scalings,
-    reg_scale: float,
+    scaling: AbstractScaling,
+    reg_scale: float | Array,
     boost: bool | Array = False,
     split: bool | None = None,
 ) -> Factorisation:
-    """Factorise the reduced system for the given Nesterov-Todd scalings.
+    """Factorise the reduced system for the given Nesterov-Todd scaling.
 
     `boost` (a traced boolean allowed) multiplies the dynamic part of the
     regularisation by `_BOOST`: for retrying a step whose factorisation broke down.
-    `split` (static) keeps strongly active nonnegative rows out of the normal
-    equations (see `_split_rows`); `None`: below float64 only (float32 needs it,
-    float64 does not).
+    `split` (static) keeps strongly active rows of the leading diagonally scaled
+    cones (`scaling.diagonal()`) out of the normal equations (see `_split_rows`);
+    `None`: below float64 only (float32 needs it, float64 does not).
     """
     n, p = P.shape[0], E.shape[0]
     if split is None:
         split = jnp.finfo(P.dtype).bits < 64
-    B = unscale(blocks, scalings, G)
+    B = scaling.unscale(G)
     moved = None
-    if split and blocks and isinstance(blocks[0], NonnegativeCone):
-        B, moved = _split_rows(P, G, B, scalings[0], blocks[0].dim)
+    diagonal = scaling.diagonal() if split else None
+    if diagonal is not None:
+        B, moved = _split_rows(P, G, B, diagonal, diagonal.shape[0])
     # (Cholesky reads only the lower triangle, but forming just that half by
     # blocks was slower: XLA spreads one large product over both cores of a
     # small machine better than three smaller ones and the copies that join them.)
@@ -196,9 +168,7 @@ def factorise(
         C = jsl.solve_triangular(L, jnp.concatenate([E, extra]).T, lower=True).T
         diag = jnp.concatenate([jnp.full((p,), reg, H.dtype), d])
         D = jsl.cholesky(jnp.diag(diag) + C @ C.T, lower=True)
-        return Factorisation(
-            P, E, G, B, L, C, D, tuple(scalings), tuple(blocks), kept, rows
-        )
+        return Factorisation(P, E, G, B, L, C, D, scaling, kept, rows)
     # (Without `split`, `B` is not kept: the solves multiply by `G` and scale,
     # which spares writing `B` out every step; at n=128 the forward plus backward
     # took ~6% less.)
@@ -208,20 +178,20 @@ def factorise(
         if p
         else C[:, :0]
     )
-    return Factorisation(P, E, G, None, L, C, D, tuple(scalings), tuple(blocks))
+    return Factorisation(P, E, G, None, L, C, D, scaling)
 
 
 def _times_B(f: Factorisation, v: Array) -> Array:
     """`B v` with `B = W^{-1} G`."""
     if f.B is None:
-        return unscale(f.blocks, f.scalings, f.G @ v)
+        return f.scaling.unscale(f.G @ v)
     return f.B @ v
 
 
 def _times_Bt(f: Factorisation, v: Array) -> Array:
     """`B^T v`."""
     if f.B is None:
-        return f.G.T @ unscale(f.blocks, f.scalings, v)
+        return f.G.T @ f.scaling.unscale(v)
     return f.B.T @ v
 
 
@@ -229,7 +199,7 @@ def solve(f: Factorisation, rx: Array, rp: Array) -> tuple[Array, Array]:
     """Solve the full system for right-hand sides `(rx, rp)` (vectors or columns)."""
     p = f.E.shape[0]
     rp_e, rp_g = rp[:p], rp[p:]
-    t = unscale(f.blocks, f.scalings, rp_g)
+    t = f.scaling.unscale(rp_g)
     # The rows in the Schur complement: the equality rows, and with `split` the
     # kept rows, whose right-hand side enters there and whose `dy` comes from it.
     rs, rows, kept = rp_e, f.rows, None
@@ -246,7 +216,7 @@ def solve(f: Factorisation, rx: Array, rp: Array) -> tuple[Array, Array]:
     else:
         dy_s = rs
     dx = jsl.solve_triangular(f.L, w1, lower=True, trans="T")
-    dy_g = unscale(f.blocks, f.scalings, _times_B(f, dx) - t)
+    dy_g = f.scaling.unscale(_times_B(f, dx) - t)
     if kept is not None:
         dy_g = _put(dy_g, rows, jnp.where(kept, dy_s[p:], _take(dy_g, rows, r)))
     return dx, jnp.concatenate([dy_s[:p], dy_g], axis=0)
@@ -257,7 +227,7 @@ def residual(f: Factorisation, dx: Array, dy: Array, rx: Array, rp: Array):
     p = f.E.shape[0]
     dy_e, dy_g = dy[:p], dy[p:]
     ex = rx - f.P @ dx - f.E.T @ dy_e - f.G.T @ dy_g
-    w2dy = scale(f.blocks, f.scalings, scale(f.blocks, f.scalings, dy_g))
+    w2dy = f.scaling.scale(f.scaling.scale(dy_g))
     ep = rp - jnp.concatenate([f.E @ dx, f.G @ dx - w2dy], axis=0)
     return ex, ep
 

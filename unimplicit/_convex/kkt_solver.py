@@ -13,8 +13,8 @@ complementarity residual). Eliminating `ds = r2 - A dx` leaves the `(n + m)` sys
         [ -C_s A    C_y ]
 
 factorised once; the transposed system, which reverse mode solves, uses the same
-factors. With only zero and nonnegative rows (QPs, LPs) `C_y`, `C_s` are diagonal
-and the factorisation is the interior-point method's own normal-equations
+factors. With only one-row cones (zero and nonnegative rows: QPs, LPs) `C_y`,
+`C_s` are diagonal and the factorisation is the interior-point method's own normal-equations
 Cholesky (`kkt.py`), used as a preconditioner and refined against `K` (at
 `n = m = 128`, about 2x cheaper than LU of `K` on CPU); otherwise it is an LU of
 `K`, about `((n + 2m) / (n + m))^3` times cheaper than LU on the whole Jacobian.
@@ -39,15 +39,15 @@ import numpy as np
 from jaxtyping import Array, PyTree
 
 from . import kkt
-from .cone_program import complementarity, PrimalDual
-from .cones import Cones, NonnegativeCone
+from .cones import Cones
+from .data import PrimalDual
 
 
 def _block_layout(cones: Cones):
     """Per row: the first row of its cone block, its offset in it, the block size."""
     start, offset, size = [], [], []
     row = 0
-    for k in (1,) * (cones.zero + cones.nonneg) + cones.soc:
+    for k in cones.block_sizes():
         start += [row] * k
         offset += list(range(k))
         size += [k] * k
@@ -120,16 +120,14 @@ def _diagonal_init(P, A, c_y, c_s, zero):
     factorisation also keeps strongly active rows out of the normal equations, as
     the forward's does (`kkt.factorise`'s `split`, on by default below float64).
     """
-    m = A.shape[0]
     G = A[zero:]
     eps = jnp.finfo(A.dtype).eps
     scale = jnp.maximum(1, jnp.max(jnp.abs(P), initial=0)) / jnp.maximum(
         1, jnp.max(jnp.sum(G * G, axis=1), initial=0)
     )
     d = jnp.maximum(c_y[zero:] / c_s[zero:], jnp.sqrt(eps) * scale)
-    blocks = (NonnegativeCone(m - zero),) if m > zero else ()
-    scalings = (jnp.sqrt(d),) if m > zero else ()
-    return kkt.factorise(P, A[:zero], G, blocks, scalings, float(eps) ** (2 / 3))
+    scaling = kkt.DiagonalScaling(jnp.sqrt(d))
+    return kkt.factorise(P, A[:zero], G, scaling, float(eps) ** (2 / 3))
 
 
 def _diagonal_apply(state: _DiagonalState, u1, u2):
@@ -213,10 +211,10 @@ class ConeKKTSolver(lx.AbstractLinearSolver):
             P, A, s, y, mu = self.data
             cones = self.cones
             comp_y = lambda v: jax.jvp(  # noqa: E731
-                lambda u: complementarity(cones, s, u, mu), (y,), (v,)
+                lambda u: cones.complementarity(s, u, mu), (y,), (v,)
             )[1]
             comp_s = lambda v: jax.jvp(  # noqa: E731
-                lambda u: complementarity(cones, u, y, mu), (s,), (v,)
+                lambda u: cones.complementarity(u, y, mu), (s,), (v,)
             )[1]
         if width == 1:
             # Only one-row blocks: C_y and C_s are diagonal, read off one probe each.

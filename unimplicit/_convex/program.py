@@ -11,7 +11,6 @@ from jaxtyping import Array, ArrayLike, PyTree
 from .._adjoint import ImplicitAdjoint
 from .canonicalize import canonicalize, ParametricConeProgram
 from .cone_program import AbstractConeCondition, ConeData, ConeProgram, PrimalDual
-from .cones import Cones
 
 
 def _check_values(program: ParametricConeProgram, values: Any) -> tuple[Array, ...]:
@@ -60,7 +59,8 @@ class ConvexProgram(AbstractConeCondition):
     **Arguments:**
 
     - `problem`: a `cvxpy.Problem` that is convex (DCP) and DPP, whose cones are
-        zero, nonnegative and second-order after canonicalisation.
+        zero, nonnegative, second-order or another registered kind after
+        canonicalisation.
     - `parameters`: all the problem's `cvxpy.Parameter`s, in the order their values
         are passed.
     - `variables`: the `cvxpy.Variable`s to read out of a solution.
@@ -93,9 +93,7 @@ class ConvexProgram(AbstractConeCondition):
             raise ValueError(f"`smoothing` must be >= 0, got {self.smoothing}.")
 
     def cone_program(self) -> ConeProgram:
-        program = self.program
-        cones = Cones(zero=program.zero, nonneg=program.nonneg, soc=program.soc)
-        return ConeProgram(cones, smoothing=self.smoothing)
+        return ConeProgram(self.program.cones, smoothing=self.smoothing)
 
     def cone_data(self, args: Sequence[ArrayLike]) -> ConeData:
         P, q, A, b = self.program.data(tuple(args))  # pyright: ignore
