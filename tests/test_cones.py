@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 import unimplicit as ui
-from unimplicit._convex.cone_base import AbstractCone, register_cone
 from unimplicit._convex.cones import NonnegativeCone
 
 
@@ -26,13 +25,13 @@ SAME_RTOL = 1e-10
 PERMUTED_RTOL = 1e-7
 
 
-class Orthant(AbstractCone):
+class Orthant(ui.AbstractCone):
     """`{s : s >= 0}`, as a test's own kind of cone."""
 
     dim: int = eqx.field(static=True)
 
     @classmethod
-    def from_spec(cls, spec: Any) -> tuple[AbstractCone, ...]:
+    def from_spec(cls, spec: Any) -> tuple[ui.AbstractCone, ...]:
         if not isinstance(spec, int) or spec < 0:
             raise ValueError(f"orthant: a row count, got {spec!r}")
         return (cls(spec),) if spec else ()
@@ -72,7 +71,7 @@ class Orthant(AbstractCone):
         return v / w.reshape(w.shape + (1,) * (v.ndim - 1))
 
 
-register_cone("orthant", Orthant)
+ui.register_cone("orthant", Orthant)
 
 
 def _qp(seed, n=4, p=1, m=6, lp=False):
@@ -162,9 +161,9 @@ def test_registry_errors():
     with pytest.raises(TypeError, match="unknown cone kinds \\['psd'\\]"):
         ui.Cones(psd=(3,))
     with pytest.raises(TypeError, match="AbstractCone"):
-        register_cone("bad", int)  # pyright: ignore[reportArgumentType]
+        ui.register_cone("bad", int)  # pyright: ignore[reportArgumentType]
     with pytest.raises(ValueError, match="already names Orthant"):
-        register_cone("orthant", NonnegativeCone)
+        ui.register_cone("orthant", NonnegativeCone)
     with pytest.raises(ValueError, match="orthant: a row count"):
         ui.Cones(orthant=-1)
     assert ui.Cones(orthant=0) == ui.Cones()

@@ -21,6 +21,11 @@ from ._condition import (
     AbstractEquilibrium as AbstractEquilibrium,
     AbstractFixedPoint as AbstractFixedPoint,
 )
+from ._convex.cone_base import (
+    AbstractCone as AbstractCone,
+    AbstractScaling as AbstractScaling,
+    register_cone as register_cone,
+)
 from ._convex.cone_program import (
     ConeData as ConeData,
     ConeProgram as ConeProgram,

@@ -149,11 +149,14 @@ def iterate(
             None if trace is None else keep(new_trace, trace),
         )
 
-    result: RESULTS = RESULTS.successful  # pyright: ignore[reportAssignmentType]
+    # As in Optimistix, a problem that is solved (or failed) at its initial state
+    # takes no step.
+    done, result = solver.terminate(fn, y0, args, options, state, tags)
+    result = _as_ours(result)
     if check_finite:
         finite = tree_allfinite(eqx.filter((y0, args), eqx.is_inexact_array))
         result = RESULTS.where(finite, result, RESULTS.nonfinite)  # pyright: ignore[reportArgumentType]
-    carry = (y0, jnp.array(0), dynamic_state, jnp.array(False), result, trace)
+    carry = (y0, jnp.array(0), dynamic_state, done, result, trace)
     if differentiable:
         final = eqxi.while_loop(
             cond_fun,

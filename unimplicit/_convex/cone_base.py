@@ -22,7 +22,7 @@ class AbstractCone(eqx.Module):
 
     Vectors passed to the methods are the block's own rows, of shape `(dim,)`;
     `scale`/`unscale` also accept `(dim, k)` arrays, acting on each column.
-    A kind becomes usable in [`unimplicit.Cones`][] by [`register_cone`][].
+    A kind becomes usable in [`unimplicit.Cones`][] by [`unimplicit.register_cone`][].
     """
 
     dim: eqx.AbstractVar[int]

@@ -33,26 +33,6 @@ from .ipm_problem import inf_norm, Problem
 from .ipm_solver import MehrotraSolver
 
 
-def _defaults(dtype: Any, diagonal: bool) -> tuple[float, int]:
-    """Default tolerance and rounds of KKT refinement for a dtype.
-
-    float64 solves are accurate enough unrefined (refining costs ~40% a step at
-    small sizes). In float32 the normal equations' accuracy, not the method,
-    limits the reachable tolerance. Keeping strongly active rows of diagonally
-    scaled (nonnegative) cones out of them (`kkt.factorise`'s `split`) removes
-    that limit there: the random QPs of `benchmarks/bench_qp.py` all solve at
-    1e-4 unrefined (n=128, seeds 0-9; before, 124-127 of 128 with two rounds).
-    One round would add margin at 1e-5 (all solved, against 127-128 of 128
-    unrefined) for ~35% more time at n=128. Rows of other cones (second-order)
-    stay in the normal equations, where two rounds keep the solves accurate
-    enough for 1e-4.
-    """
-    # (The precision policy; `_precision.py` is where it belongs.)
-    if _precision.is_double(jnp.zeros((), dtype)):
-        return 1e-8, 0
-    return 1e-4, 0 if diagonal else 2
-
-
 class InteriorPoint(AbstractBackend):
     """A primal-dual interior-point method for cone programs, in pure JAX.
 
@@ -165,7 +145,9 @@ class InteriorPoint(AbstractBackend):
 
     def _problem(self, cones: Cones, data: ConeData) -> Problem:
         dtype = data.q.dtype
-        default_tol, default_refinement = _defaults(dtype, cones.diagonal())
+        default_tol, default_refinement = _precision.interior_point_defaults(
+            dtype, cones.diagonal()
+        )
         tol = default_tol if self.tol is None else self.tol
         itol = tol if self.infeasibility_tol is None else self.infeasibility_tol
         reg = self.regularisation

@@ -5,13 +5,13 @@ polishing blocks that Mehrotra steps leave off-centre. An Optimistix-protocol
 solver, run by `unimplicit._iterate.iterate` with the `Problem` as its `args`.
 """
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
 from .._iterate import iterate
 from .._solution import RESULTS
+from .._solver._common import AbstractSelfFreezingSolver
 from . import kkt
 from .ipm_problem import inf_norm, Iterate, Problem, tree_where
 from .ipm_step import STEP_FRACTION
@@ -32,7 +32,7 @@ def _error(pb: Problem, it: Iterate, target) -> Array:
     )
 
 
-class Centring(eqx.Module):
+class Centring(AbstractSelfFreezingSolver):
     """The Newton iteration towards `s∘y = target e` (internal); its state is the
     error of the current point, and it stops below the problem's `tol`."""
 
@@ -59,7 +59,8 @@ class Centring(eqx.Module):
         a = jnp.minimum(1, STEP_FRACTION * a)
         ds = jnp.concatenate([pad, ds_c])
         new = Iterate(it.x + a * dx, it.y + a * dy, it.s + a * ds, it.tau, it.kappa)
-        # `iterate` steps at least once: a point already within tolerance stays.
+        # A point already within tolerance stays (self-freezing: under `vmap`,
+        # `iterate` steps finished samples too).
         going = state > pb.tol
         new = tree_where(going, new, it)
         return new, jnp.where(going, _error(pb, new, target), state), None

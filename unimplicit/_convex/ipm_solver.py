@@ -15,6 +15,7 @@ import jax.tree_util as jtu
 from jaxtyping import Array
 
 from .._solution import RESULTS
+from .._solver._common import AbstractSelfFreezingSolver
 from .ipm_problem import Iterate, Measure, Problem, tree_where
 from .ipm_step import direction
 
@@ -42,8 +43,12 @@ class _State(eqx.Module):
     jammed: Array  # whether the last accepted step was very short
 
 
-class MehrotraSolver(eqx.Module):
-    """Mehrotra predictor-corrector steps on the embedding (internal)."""
+class MehrotraSolver(AbstractSelfFreezingSolver):
+    """Mehrotra predictor-corrector steps on the embedding (internal).
+
+    Self-freezing: a step from a finished state keeps the iterate, `done` and
+    `result` (all that `terminate` and `postprocess` read).
+    """
 
     def init(
         self, fn, y: Iterate, args: Problem, options, f_struct, aux_struct, tags
@@ -60,7 +65,7 @@ class MehrotraSolver(eqx.Module):
 
     def step(self, fn, y: Iterate, args: Problem, options, state: _State, tags):
         pb, it, ms = args, y, state.measure
-        # (`iterate` calls `step` only while running, but for its first call.)
+        # (Under `vmap`, `iterate` steps finished samples too: they must not move.)
         active = ~state.done
         d, alpha = direction(pb, it, ms, state.rejected > 0, state.jammed)
         alpha = jnp.where(state.retry, _RETRY_DAMPING, 1) * alpha
@@ -84,7 +89,7 @@ class MehrotraSolver(eqx.Module):
         # Steps that barely lower the error near the end count as failures too:
         # there, only rounding keeps the iteration from its tolerance.
         slow = (ms.worst <= pb.stall_tol) & (ms_c.worst > _SLOW * ms.worst)
-        rejected = state.rejected + (~ok | slow)
+        rejected = state.rejected + (~ok | slow).astype(state.rejected.dtype)
         give_up = rejected > _RETRIES
         # Where the point did not move, the measure's vectors describe a rejected
         # candidate. The next step recomputes them only if it retries (below);
