@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import lineax as lx
 from jaxtyping import PyTree
 
-from ._misc import tree_two_norm
+from ._misc import tree_stop_gradient, tree_two_norm
 
 
 if TYPE_CHECKING:
@@ -113,7 +113,9 @@ def residual_statistics(
     `relative_residual` that norm over the norm of `value` (floored at the dtype's
     smallest normal number), both in the dtype of `value`.
     """
-    value = jax.lax.stop_gradient(value)
+    # Diagnostics only: nothing here is differentiated (with respect to the inputs
+    # either, so that no tangent of the residual is ever formed).
+    value, args = tree_stop_gradient((value, args))
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(value))
     if residual_norm is None:
         residual_norm = tree_two_norm(condition.residual(value, args))
