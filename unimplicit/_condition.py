@@ -101,6 +101,14 @@ class AbstractFixedPoint(AbstractEquilibrium):
         """The map whose fixed point is the answer."""
 
 
+def residual_two_norm(
+    condition: AbstractEquilibrium, y: PyTree, args: PyTree
+) -> jax.Array:
+    """The two-norm of `condition.residual(y, args)`, in the dtype of `y`."""
+    dtype = jnp.result_type(*jax.tree_util.tree_leaves(y))
+    return tree_two_norm(condition.residual(y, args)).astype(dtype)
+
+
 def residual_statistics(
     condition: AbstractEquilibrium,
     value: PyTree,
@@ -118,7 +126,7 @@ def residual_statistics(
     value, args = tree_stop_gradient((value, args))
     dtype = jnp.result_type(*jax.tree_util.tree_leaves(value))
     if residual_norm is None:
-        residual_norm = tree_two_norm(condition.residual(value, args))
+        residual_norm = residual_two_norm(condition, value, args)
     rnorm = jax.lax.stop_gradient(jnp.asarray(residual_norm).astype(dtype))
     ynorm = tree_two_norm(value).astype(dtype)
     tiny = jnp.asarray(jnp.finfo(dtype).tiny, dtype)

@@ -29,7 +29,6 @@ class Iterated(eqx.Module):
     num_steps: Array
     stats: dict[str, Any]
     aux: Any
-    state: Any
     trace: Array | None
 
 
@@ -178,4 +177,4 @@ def iterate(
     y, aux, stats = solver.postprocess(
         fn, y, None, args, options, state, tags, _as_optimistix(result)
     )
-    return Iterated(y, result, num_steps, dict(stats), aux, state, trace)
+    return Iterated(y, result, num_steps, dict(stats), aux, trace)

@@ -158,6 +158,10 @@ class NeumannSolver(lx.AbstractLinearSolver):
             max_steps=self.max_steps,
             f_struct=structure_of(x0),
             aux_struct=None,
+            # Both iterations stop on a non-finite residual themselves; the loop's
+            # own check would scan the linearised operator's arrays once and `x`
+            # every step, in the backward pass of every solve.
+            check_finite=False,
         )
         # Divergence, non-finite values: the series does not converge, which for a
         # linear solve is a breakdown (singular or expanding `I - J`).

@@ -1,3 +1,4 @@
+import functools as ft
 from typing import Any
 
 import jax
@@ -8,7 +9,12 @@ from jaxtyping import PyTree
 
 from ._adjoint import UnrolledAdjoint
 from ._backend import AbstractBackend, BackendOutput, register_backend
-from ._condition import AbstractCondition, AbstractEquilibrium, AbstractFixedPoint
+from ._condition import (
+    AbstractCondition,
+    AbstractEquilibrium,
+    AbstractFixedPoint,
+    residual_two_norm,
+)
 from ._iterate import iterate
 from ._misc import tree_two_norm
 from ._solution import RESULTS
@@ -86,10 +92,7 @@ class OptimistixBackend(AbstractBackend):
         assert isinstance(condition, AbstractEquilibrium)
         solver = self.solver
         trace_len = int(options.get("trace", 0))
-        dtype = jnp.result_type(*jtu.tree_leaves(y0))
-
-        def residual_norm(y):
-            return tree_two_norm(condition.residual(y, args)).astype(dtype)
+        residual_norm = ft.partial(residual_two_norm, condition, args=args)
 
         out = iterate(
             solver,
