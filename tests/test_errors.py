@@ -136,3 +136,34 @@ def test_vmap_throw_names_the_failing_sample():
     assert jnp.allclose(run(jnp.array([0.5, 0.25])), jnp.array([2.0, 4.0 / 3.0]))
     with pytest.raises(Exception, match=r"1 of 3 samples failed; first: #1"):
         jax.block_until_ready(run(jnp.array([0.5, 2.0, 0.25])))
+
+
+def _forward(inputs):
+    return inputs, None
+
+
+def _residual(y, inputs):
+    return y - inputs
+
+
+def test_implicit_solve_refuses_a_forward_that_closes_over_arrays():
+    # A closed-over array would escape an outer `jit` under `grad` (the bug the
+    # check guards against): refused before anything is traced.
+    captured = jnp.ones(2)
+    solver = optx.Newton(1e-6, 1e-6).linear_solver
+    with pytest.raises(AssertionError, match="`forward` must be a module-level"):
+        ui.implicit_solve(lambda x: (x + captured, None), _residual, captured, solver)
+    with pytest.raises(AssertionError, match="`residual` must be a module-level"):
+        ui.implicit_solve(_forward, lambda y, x: y - captured, captured, solver)
+    # A module-level function passes, and so does a partial binding no arrays.
+    y, _ = ui.implicit_solve(_forward, _residual, captured, solver)
+    assert jnp.array_equal(y, captured)
+
+
+def test_adjoint_arguments_are_validated():
+    with pytest.raises(ValueError, match="checkpoints=...\\) must be None or an int"):
+        ui.UnrolledAdjoint(checkpoints=0)
+    # (Under the test suite's jaxtyping hook the annotation check fires first, with
+    # its own TypeError naming the class and the parameter; without it, ours.)
+    with pytest.raises(TypeError, match=r"DiffraxAdjoint[\s\S]*adjoint"):
+        ui.DiffraxAdjoint(ui.ImplicitAdjoint())  # pyright: ignore[reportArgumentType]
